@@ -1,0 +1,280 @@
+"""The training objectives, selectable by name in one engine.
+
+Notation (DESIGN section 4): clean data ``x0``, observation ``y = x0 + sigma_n * e``, forward
+process ``x_sigma = x0 + sigma * z``; ``D(x, sigma)`` estimates ``E[x0 | x_sigma]``; ``sigma`` is the
+standard deviation per real channel.
+
+- ``clean``     denoising score matching on clean data (the oracle; Karras et al. 2022, eq. 2).
+- ``naive``     the same on noisy data as if it were clean (learns the *noisy* distribution).
+- ``ambient``   the ambient-Tweedie term for sigma > sigma_n (Daras, Dimakis, Daskalakis,
+                "Consistent Diffusion Meets Tweedie", ICML 2024, arXiv 2404.10177).
+- ``ambient+consistency``  plus the consistency term for sigma < sigma_n.
+
+Ambient-Tweedie. Re-noising ``x_sigma = y + sqrt(sigma^2 - sigma_n^2) * eta`` is an exact draw of the
+clean process at level ``sigma``, and Tweedie's formula applied twice gives
+
+    E[x_{sigma_n} | x_sigma] = r x_sigma + (1 - r) E[x0 | x_sigma],      r = sigma_n^2 / sigma^2,
+
+so regressing ``r x_sigma + (1 - r) D(x_sigma, sigma)`` onto the observed ``y`` has the exact clean
+denoiser as its minimiser for every sigma > sigma_n. In x0-space the residual is
+``(1 - r) (D - x0_hat)`` with the unbiased target ``x0_hat = (y - r x_sigma) / (1 - r)``.
+
+A sample with ``sigma_n = 0`` gives ``r = 0`` and the ambient term *is* the clean objective, so mixed
+clean and noisy datasets need no special case.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .utils import append_dims
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+OBJECTIVES = ("clean", "naive", "ambient", "ambient+consistency")
+
+
+# --------------------------------------------------------------------------------------------
+# Noise levels and weights
+# --------------------------------------------------------------------------------------------
+
+def edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM's loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (unit effective
+    weight on the network output ``F``)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _normal_icdf(u: torch.Tensor) -> torch.Tensor:
+    return math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)
+
+
+def sample_sigma_truncated(n: int, p_mean: float, p_std: float, low: torch.Tensor | float,
+                           high: float, *, generator: torch.Generator | None = None,
+                           device=None) -> torch.Tensor:
+    """Draw ``ln(sigma) ~ N(p_mean, p_std^2)`` truncated to ``(low, high]`` by inverse-CDF sampling.
+
+    Every draw lies strictly inside the support, so none is wasted on a clamp. ``low`` may be a
+    per-sample tensor (per-sample ``sigma_n``); ``low = 0`` gives EDM's untruncated log-normal
+    (capped at ``high``). Computed in float64: the CDF is flat far in the tails.
+    """
+    low = torch.as_tensor(low, dtype=torch.float64, device=device).expand(n)
+    z_lo = (low.clamp_min(1e-30).log() - p_mean) / p_std
+    f_lo = torch.where(low > 0, _normal_cdf(z_lo), torch.zeros_like(z_lo))
+    f_hi = _normal_cdf(torch.tensor((math.log(high) - p_mean) / p_std, dtype=torch.float64,
+                                    device=device))
+    u = torch.rand(n, dtype=torch.float64, generator=generator, device=device)
+    # open interval (f_lo, f_hi]: u in [0, 1) maps to (f_lo, f_hi] by flipping
+    p = f_hi - u * (f_hi - f_lo)
+    eps = torch.finfo(torch.float64).eps
+    z = _normal_icdf(p.clamp(eps, 1 - eps))
+    sigma = (p_mean + p_std * z).exp()
+    # guard against round-off at the lower edge without clamping into it
+    sigma = torch.where(sigma > low, sigma, low * (1 + 1e-6) + 1e-12)
+    return sigma.float()
+
+
+def sample_sigma_loguniform(n: int, low: torch.Tensor | float, high: torch.Tensor | float, *,
+                            generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """``ln(sigma)`` uniform on ``[ln low, ln high)`` (per-sample bounds allowed)."""
+    low = torch.as_tensor(low, dtype=torch.float32, device=device).expand(n)
+    high = torch.as_tensor(high, dtype=torch.float32, device=device).expand(n)
+    u = torch.rand(n, generator=generator, device=device)
+    return (low.log() + u * (high.log() - low.log())).exp()
+
+
+# --------------------------------------------------------------------------------------------
+# Tweedie pieces (pure math, used by the losses and checked against closed forms in the tests)
+# --------------------------------------------------------------------------------------------
+
+def renoise(y: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor,
+            eta: torch.Tensor) -> torch.Tensor:
+    """``x_sigma = y + sqrt(sigma^2 - sigma_n^2) * eta``: an exact draw at level ``sigma > sigma_n``."""
+    extra = (sigma**2 - sigma_n**2).clamp_min(0).sqrt()
+    return y + append_dims(extra, y.ndim) * eta
+
+
+def tweedie_noisy_mean(x_sigma: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor,
+                       sigma_n: torch.Tensor) -> torch.Tensor:
+    """``E[x_{sigma_n} | x_sigma] = r x_sigma + (1 - r) E[x0 | x_sigma]`` with ``r = sigma_n^2/sigma^2``."""
+    r = append_dims(sigma_n**2 / sigma**2, x_sigma.ndim)
+    return r * x_sigma + (1 - r) * denoised
+
+
+def ancestral_step(x_a: torch.Tensor, denoised: torch.Tensor, sigma_a: torch.Tensor,
+                   sigma_b: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """One stochastic reverse step from level ``a`` to ``b < a``, exact when ``denoised = E[x0|x_a]``
+    for Gaussian posteriors and exact in distribution for the ``x_b | x_a`` bridge:
+
+        x_b = (b^2/a^2) x_a + (1 - b^2/a^2) D(x_a, a) + b sqrt(1 - b^2/a^2) xi
+    """
+    q = append_dims(sigma_b**2 / sigma_a**2, x_a.ndim)
+    b = append_dims(sigma_b, x_a.ndim)
+    return q * x_a + (1 - q) * denoised + b * (1 - q).clamp_min(0).sqrt() * xi
+
+
+# --------------------------------------------------------------------------------------------
+# Objective
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class LossConfig:
+    """Settings of the objective. Defaults were chosen on the Gaussian benchmark
+    (``benchmarks/exactness.py``; figures in ``benchmarks/results/``)."""
+
+    objective: str = "ambient+consistency"
+    sigma_data: float = 0.5
+    p_mean: float = -1.2          # EDM log-normal for ln(sigma)
+    p_std: float = 1.2
+    sigma_max: float = 80.0
+    sigma_min: float = 0.002
+    # (1-r)^2 is floored at this value in the y-space weight lambda(sigma)/(1-r)^2, so the
+    # effective x0-space weight is exactly EDM's lambda where r <= 1 - sqrt(floor) and goes to
+    # zero (instead of infinity, with the target variance) as sigma -> sigma_n.
+    ambient_weight_floor: float = 0.25
+    # consistency term
+    consistency_weight: float = 1.0
+    consistency_fraction: float = 0.25   # share of each batch that gets the consistency term
+    consistency_variant: str = "pair"    # "pair" (nearby levels) or "anchored" (D(y, sigma_n) fixed)
+    consistency_chain_steps: int = 2     # no-grad reverse steps from sigma_n down to sigma
+    consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n for the consistency levels
+    consistency_step_ratio: tuple[float, float] = (0.5, 0.9)  # u/sigma range for the pair
+    consistency_start: float = 0.5       # fraction of training done on the ambient term alone
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if self.consistency_variant not in ("pair", "anchored"):
+            raise ValueError("consistency_variant must be 'pair' or 'anchored'")
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    parts: dict = field(default_factory=dict)
+
+
+def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, cfg: LossConfig,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Denoising score matching (``clean`` and ``naive``): ``lambda(s) ||D(x0 + s z, s) - x0||^2``."""
+    n = x0.shape[0]
+    sigma = sample_sigma_truncated(n, cfg.p_mean, cfg.p_std, 0.0, cfg.sigma_max,
+                                   generator=generator, device=x0.device)
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_s = x0 + append_dims(sigma, x0.ndim) * z
+    w = append_dims(edm_weight(sigma, cfg.sigma_data), x0.ndim)
+    return (w * (denoiser(x_s, sigma) - x0) ** 2).flatten(1).mean(1)
+
+
+def ambient_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ambient-Tweedie term, per sample:
+    ``w(s) || r x_s + (1 - r) D(x_s, s) - y ||^2`` with ``s`` drawn on ``(sigma_n, sigma_max]``.
+
+    ``w(s) = lambda(s) / max((1-r)^2, floor)`` makes the x0-space weight EDM's ``lambda(s)`` away
+    from ``sigma_n`` and keeps it bounded (vanishing) where ``x0_hat``'s variance diverges."""
+    n = y.shape[0]
+    sigma = sample_sigma_truncated(n, cfg.p_mean, cfg.p_std, sigma_n, cfg.sigma_max,
+                                   generator=generator, device=y.device)
+    eta = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    x_s = renoise(y, sigma, sigma_n, eta)
+    pred = tweedie_noisy_mean(x_s, denoiser(x_s, sigma), sigma, sigma_n)
+    one_minus_r = 1 - sigma_n**2 / sigma**2
+    w = edm_weight(sigma, cfg.sigma_data) / one_minus_r.square().clamp_min(cfg.ambient_weight_floor)
+    return append_dims(w, y.ndim).mul((pred - y) ** 2).flatten(1).mean(1)
+
+
+@torch.no_grad()
+def reverse_chain(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor,
+                  sigma_to: torch.Tensor, steps: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """``steps`` ancestral steps, geometrically spaced per sample, from ``sigma_from`` to ``sigma_to``."""
+    ratio = (sigma_to / sigma_from) ** (1.0 / steps)
+    a = sigma_from
+    for _ in range(steps):
+        b = a * ratio
+        xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = ancestral_step(x, denoiser(x, a), a, b, xi)
+        a = b
+    return x
+
+
+def consistency_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Consistency term below ``sigma_n`` (martingale property of exact denoisers:
+    ``E[x0 | x_s] = E[ E[x0 | x_u] | x_s ]`` for ``u < s``), per sample.
+
+    ``pair``: from ``y`` (an exact draw at ``sigma_n``) run the model's reverse chain to a random
+    ``s < sigma_n``; take two independent ancestral steps to ``u < s``; penalise
+    ``(T - D(x_u1, u)) . (T - D(x_u2, u))`` with the fixed target ``T = D(x_s, s)``, an unbiased
+    estimate of ``|| T - E[D(x_u, u) | x_s] ||^2``.
+
+    ``anchored``: the target is ``T = D(y, sigma_n)`` and the two predictions ``D(x_s, s)`` come
+    from two independent chains started at ``y``.
+
+    The higher-noise side is held fixed (no gradient), so what the exact ``sigma >= sigma_n``
+    denoisers know flows downward; letting gradients reach it diverged in our trials.
+    The weight is EDM's ``lambda`` at the lower level, so every level counts as in the clean loss.
+    """
+    n = y.shape[0]
+    lo = sigma_n * cfg.consistency_min_ratio
+    s = sample_sigma_loguniform(n, lo, sigma_n, generator=generator, device=y.device)
+    if cfg.consistency_variant == "pair":
+        x_s = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps, generator)
+        with torch.no_grad():
+            target = denoiser(x_s, s)
+        r0, r1 = cfg.consistency_step_ratio
+        u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))
+        xi = torch.randn((2, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
+        x_u = torch.cat([ancestral_step(x_s, target, s, u, xi[0]),
+                         ancestral_step(x_s, target, s, u, xi[1])])
+        level = u
+    else:
+        with torch.no_grad():
+            target = denoiser(y, sigma_n)
+        y2 = torch.cat([y, y])
+        x_u = reverse_chain(denoiser, y2, sigma_n.repeat(2), s.repeat(2),
+                            cfg.consistency_chain_steps, generator)
+        level = s
+    pred = denoiser(x_u, level.repeat(2))
+    p1, p2 = pred.chunk(2)
+    d1, d2 = target - p1, target - p2
+    w = append_dims(edm_weight(level, cfg.sigma_data), y.ndim)
+    return (w * d1 * d2).flatten(1).mean(1)
+
+
+def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tensor,
+                   cfg: LossConfig, *, progress: float = 1.0, clean: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> LossOutput:
+    """The loss of ``cfg.objective`` on one batch; ``progress`` in [0, 1] is the training fraction
+    done (the consistency term starts at ``cfg.consistency_start``). ``clean`` is only used by the
+    ``clean`` oracle (benchmarks); real users never have it."""
+    sigma_n = torch.as_tensor(sigma_n, dtype=batch.dtype, device=batch.device).expand(batch.shape[0])
+    if cfg.objective == "clean":
+        if clean is None:
+            raise ValueError("the 'clean' objective needs clean data")
+        loss = diffusion_loss(denoiser, clean, cfg, generator).mean()
+        return LossOutput(loss, {"dsm": loss.detach()})
+    if cfg.objective == "naive":
+        loss = diffusion_loss(denoiser, batch, cfg, generator).mean()
+        return LossOutput(loss, {"dsm": loss.detach()})
+
+    amb = ambient_loss(denoiser, batch, sigma_n, cfg, generator).mean()
+    parts = {"ambient": amb.detach()}
+    loss = amb
+    if cfg.objective == "ambient+consistency" and progress >= cfg.consistency_start:
+        noisy = sigma_n > 0
+        k = int(round(cfg.consistency_fraction * batch.shape[0]))
+        idx = noisy.nonzero().flatten()[:max(k, 1)]
+        if idx.numel() > 0:
+            cons = consistency_loss(denoiser, batch[idx], sigma_n[idx], cfg, generator).mean()
+            parts["consistency"] = cons.detach()
+            loss = loss + cfg.consistency_weight * cons
+    return LossOutput(loss, parts)

@@ -1,0 +1,147 @@
+"""Samplers as small pure functions (in the style of k-diffusion, MIT): each takes a denoiser
+``D(x, sigma)``, a starting ``x`` and a decreasing ``sigmas`` schedule ending in 0 (or at the
+level to stop at), and an optional ``callback(i, sigma, x, denoised)`` for progress bars.
+
+- ``sample_heun``:       deterministic 2nd-order Heun on the probability-flow ODE
+                         ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, Alg. 1),
+                         with optional churn (Alg. 2).
+- ``sample_ancestral``:  the stochastic ancestral chain (exact step for exact ``D``).
+- ``sample_truncated``:  stop at ``sigma_n`` and return ``D(x, sigma_n)`` (the pre-consistency
+                         ambient baseline: a posterior mean, blurry by construction).
+- ``denoise_posterior``: a new observation ``y = x0 + sigma_y e`` is a draw of the process at
+                         ``sigma_y``; run a sampler from ``y`` to get posterior samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .losses import Denoiser, ancestral_step
+from .utils import as_sigma
+
+Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None] | None
+SAMPLERS = ("heun", "ancestral")
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
+                  device=None, append_zero: bool = True) -> torch.Tensor:
+    """EDM's schedule ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho``,
+    ``n`` levels from ``sigma_max`` down to ``sigma_min``, then 0 if ``append_zero``."""
+    if n < 1:
+        raise ValueError("the schedule needs at least one step")
+    if n == 1:
+        s = torch.tensor([sigma_max], dtype=torch.float64)
+    else:
+        ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+        s = (hi + ramp * (lo - hi)) ** rho
+    if append_zero:
+        s = torch.cat([s, s.new_zeros(1)])
+    return s.float().to(device)
+
+
+def _call(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return denoiser(x, as_sigma(sigma, x))
+
+
+@torch.no_grad()
+def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                churn: float = 0.0, churn_range: tuple[float, float] = (0.0, math.inf),
+                s_noise: float = 1.0, generator: torch.Generator | None = None,
+                callback: Callback = None) -> torch.Tensor:
+    """Heun's method (Karras Alg. 1; with ``churn > 0`` Alg. 2). ``x`` starts at level ``sigmas[0]``;
+    the last Euler step into ``sigma = 0`` is left uncorrected, as in the paper."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        gamma = min(churn / n, math.sqrt(2) - 1) if churn_range[0] <= s <= churn_range[1] else 0.0
+        s_hat = s * (1 + gamma)
+        if gamma > 0:
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + eps * s_noise * (s_hat**2 - s**2).sqrt()
+        denoised = _call(denoiser, x, s_hat)
+        d = (x - denoised) / s_hat
+        x_next = x + (s_next - s_hat) * d
+        if s_next > 0:
+            d_next = (x_next - _call(denoiser, x_next, s_next)) / s_next
+            x_next = x + (s_next - s_hat) * 0.5 * (d + d_next)
+        if callback is not None:
+            callback(i, float(s), x, denoised)
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def sample_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                     generator: torch.Generator | None = None,
+                     callback: Callback = None) -> torch.Tensor:
+    """Ancestral sampling: ``x_b = (b^2/a^2) x_a + (1 - b^2/a^2) D(x_a, a) + b sqrt(1 - b^2/a^2) xi``
+    for each consecutive pair; a final ``b = 0`` returns ``D(x_a, a)``."""
+    for i in range(len(sigmas) - 1):
+        a, b = sigmas[i], sigmas[i + 1]
+        denoised = _call(denoiser, x, a)
+        xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = ancestral_step(x, denoised, as_sigma(a, x), as_sigma(b, x), xi)
+        if callback is not None:
+            callback(i, float(a), x, denoised)
+    return x
+
+
+def run_sampler(name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
+                **kwargs) -> torch.Tensor:
+    """Dispatch by name: ``heun`` or ``ancestral``."""
+    if name == "heun":
+        return sample_heun(denoiser, x, sigmas, **kwargs)
+    if name == "ancestral":
+        kwargs.pop("churn", None)
+        return sample_ancestral(denoiser, x, sigmas, **kwargs)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+
+
+@torch.no_grad()
+def sample(denoiser: Denoiser, shape: tuple[int, ...], *, steps: int = 32,
+           sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+           sampler: str = "heun", mode: str = "full", sigma_n: float | None = None,
+           device=None, generator: torch.Generator | None = None,
+           callback: Callback = None, **kwargs) -> torch.Tensor:
+    """Draw samples of shape ``shape`` from noise at ``sigma_max``.
+
+    ``mode="full"`` integrates down to ``sigma = 0``. ``mode="truncated"`` integrates down to
+    ``sigma_n`` and returns ``D(x, sigma_n)``, the best an ambient model without consistency can
+    do (Daras et al. 2023/2024)."""
+    x = torch.randn(shape, generator=generator, device=device) * sigma_max
+    if mode == "full":
+        sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, device=x.device)
+        return run_sampler(sampler, denoiser, x, sigmas, generator=generator,
+                           callback=callback, **kwargs)
+    if mode == "truncated":
+        if sigma_n is None or sigma_n <= 0:
+            raise ValueError("truncated sampling needs the data noise level sigma_n > 0")
+        sigmas = karras_sigmas(steps, sigma_n, sigma_max, rho, device=x.device, append_zero=False)
+        x = run_sampler(sampler, denoiser, x, sigmas, generator=generator, callback=callback,
+                        **kwargs)
+        return _call(denoiser, x, torch.tensor(sigma_n, device=x.device))
+    raise ValueError(f"unknown sampling mode {mode!r}; choose 'full' or 'truncated'")
+
+
+@torch.no_grad()
+def denoise_posterior(denoiser: Denoiser, y: torch.Tensor, sigma_y: float, *,
+                      n_samples: int = 8, steps: int = 16, sigma_min: float = 0.002,
+                      rho: float = 7.0, sampler: str = "ancestral",
+                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Posterior of ``x0`` given ``y = x0 + sigma_y e`` (Gaussian noise, exact for exact ``D``).
+
+    ``mean`` is ``D(y, sigma_y)``, one network call; ``samples`` run the reverse process from
+    ``y`` at level ``sigma_y`` to 0; ``std`` is their per-pixel standard deviation (the
+    uncertainty map). Returns ``{"mean", "samples" (S, N, C, ...), "std"}``."""
+    mean = _call(denoiser, y, torch.tensor(sigma_y, device=y.device))
+    sigmas = karras_sigmas(steps, sigma_min, sigma_y, rho, device=y.device)
+    draws = []
+    for _ in range(n_samples):
+        draws.append(run_sampler(sampler, denoiser, y.clone(), sigmas, generator=generator))
+    samples = torch.stack(draws)
+    std = samples.std(0) if n_samples > 1 else torch.zeros_like(mean)
+    return {"mean": mean, "samples": samples, "std": std}

@@ -1,0 +1,260 @@
+"""The training loop as a library function: AdamW, EMA, gradient clipping, mixed precision on
+CUDA, atomic checkpoints with exact resume, ``metrics.jsonl``, optional DDP.
+
+Exact resume: every source of randomness is either the loop's own ``torch.Generator`` (noise
+levels and noise, saved in the checkpoint) or the data order, which is a pure function of
+``(seed, epoch)`` (``ResumableSampler``). A run stopped after step ``k`` and resumed therefore
+continues bit-for-bit like an uninterrupted one (on the same device and library versions).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .checkpoint import load_latest, save_checkpoint
+from .losses import LossConfig, objective_loss
+from .networks import EDMDenoiser
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 32
+    lr: float = 2e-4
+    lr_warmup: int = 200
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    mixed_precision: bool = True      # bf16 autocast, CUDA only
+    num_workers: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TensorDataset(Dataset):
+    """In-memory images ``(N, C, *spatial)`` with per-sample ``sigma_n`` (and optional clean
+    images, for the ``clean`` oracle in benchmarks)."""
+
+    def __init__(self, images: torch.Tensor, sigma_n: float | torch.Tensor,
+                 clean: torch.Tensor | None = None):
+        self.images = images
+        self.sigma_n = torch.as_tensor(sigma_n, dtype=torch.float32).expand(images.shape[0]).clone()
+        self.clean = clean
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i):
+        item = {"image": self.images[i], "sigma_n": self.sigma_n[i]}
+        if self.clean is not None:
+            item["clean"] = self.clean[i]
+        return item
+
+
+class ResumableSampler(Sampler[int]):
+    """An endless stream of indices, a fresh permutation per epoch drawn from ``(seed, epoch)``,
+    split across ``world_size`` ranks, starting at ``start`` (the number already consumed by
+    this rank), so that resuming needs only the step count."""
+
+    def __init__(self, n: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
+        if n == 0:
+            raise ValueError("the dataset is empty")
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world_size
+        self.per_rank = max(n // world_size, 1)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g)
+            if self.n >= self.world:
+                perm = perm[self.rank: self.per_rank * self.world: self.world]
+            yield from perm[offset:].tolist()
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
+        return 2**62
+
+
+@dataclass
+class TrainResult:
+    model: EDMDenoiser          # the EMA weights
+    step: int
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _dist():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to save and stop after the current step."""
+
+    def __init__(self, enabled: bool):
+        self.stop = False
+        self._old = {}
+        if enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not in the main thread
+                    pass
+
+    def _handle(self, signum, frame):
+        if self.stop:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: TrainConfig, *,
+          run_dir: str | Path | None = None, resume: bool = False,
+          device: str | torch.device | None = None, handle_signals: bool = False,
+          callback: Callable[[int, dict], None] | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Train ``model`` on ``dataset`` items ``{"image", "sigma_n"[, "clean"]}`` (model space).
+
+    ``run_dir`` gets ``checkpoints/`` and ``metrics.jsonl``; with ``resume`` the newest
+    checkpoint there is restored (model, EMA, optimizer, RNG, step). ``stop_after`` ends the
+    run early at that step with a checkpoint (used by tests of resume). ``callback(step, row)``
+    receives each logged metrics row (for progress bars). Returns the EMA model.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world = _dist()
+    model = model.to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                            weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
+    step = 0
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+
+    if resume and ckpt_dir is not None:
+        state = load_latest(ckpt_dir, map_location=device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            gens = state["generator"]
+            gen.set_state(gens[rank if rank < len(gens) else 0].cpu())
+            step = int(state["step"])
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = ResumableSampler(len(dataset), cfg.seed, start=step * cfg.batch_size,
+                               rank=rank, world_size=world)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.num_workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if cfg.mixed_precision and device.type == "cuda" else torch.autocast("cpu", enabled=False))
+
+    def checkpoint():
+        if ckpt_dir is None:
+            return
+        gens = [gen.get_state()]
+        if world > 1:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, gen.get_state().cpu())
+            gens = gathered
+        if rank == 0:
+            save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(),
+                             "optimizer": opt.state_dict(), "generator": gens, "step": step,
+                             "train_config": json.dumps(cfg.to_dict()),
+                             "loss_config": json.dumps(asdict(loss_cfg))},
+                            ckpt_dir, step, cfg.keep_checkpoints)
+
+    if run_dir is not None and rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = open(run_dir / "metrics.jsonl", "a") if (run_dir is not None and rank == 0) else None
+    stop = _StopFlag(handle_signals)
+    history, t_log, n_log, acc = [], time.perf_counter(), 0, {}
+    t_data = 0.0
+    last = stop_after if stop_after is not None else cfg.steps
+    try:
+        it = iter(loader)
+        while step < min(last, cfg.steps):
+            t0 = time.perf_counter()
+            batch = next(it)
+            y = batch["image"].to(device, non_blocking=True)
+            sigma_n = batch["sigma_n"].to(device, dtype=y.dtype)
+            clean = batch["clean"].to(device) if "clean" in batch else None
+            t_data += time.perf_counter() - t0
+            for g in opt.param_groups:
+                g["lr"] = _lr(cfg, step)
+            with autocast:
+                out = objective_loss(net, y, sigma_n, loss_cfg, progress=step / cfg.steps,
+                                     clean=clean, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+
+            acc["loss"] = acc.get("loss", 0.0) + float(out.loss.detach())
+            acc["grad_norm"] = acc.get("grad_norm", 0.0) + float(gnorm)
+            for k, v in out.parts.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+            n_log += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.perf_counter() - t_log
+                row = {"step": step, **{k: v / n_log for k, v in acc.items()},
+                       "lr": _lr(cfg, step - 1), "steps_per_sec": n_log / dt,
+                       "data_share": t_data / dt, "time": time.time()}
+                history.append(row)
+                if metrics is not None:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                if callback is not None:
+                    callback(step, row)
+                t_log, n_log, acc, t_data = time.perf_counter(), 0, {}, 0.0
+            if step % cfg.checkpoint_every == 0 or stop.stop:
+                checkpoint()
+            if stop.stop:
+                break
+        if not stop.stop and (step == cfg.steps or step == stop_after):
+            checkpoint()
+    finally:
+        stop.restore()
+        if metrics is not None:
+            metrics.close()
+    return TrainResult(model=ema, step=step, history=history, interrupted=stop.stop)
