@@ -18,6 +18,8 @@ References: Uecker et al., "ESPIRiT", MRM 71:990 (2014), via ``sigpy.mri.app.Esp
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ambient_med.errors import NoiseEstimateError
@@ -78,15 +80,22 @@ def espirit_maps(
     """
     import sigpy.mri.app as app
 
+    try:  # OpenBLAS threads spin against torch's OpenMP pool: a 0.03 s SVD took 12 s
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(1, user_api="blas")
+    except ImportError:
+        limits = contextlib.nullcontext()
     k = np.asarray(kspace)
     scale = np.max(np.abs(k))
     if not np.isfinite(scale) or scale == 0:
         raise ValueError("k-space is empty or non-finite; cannot estimate coil maps")
     cw = int(min(calib_width, *k.shape[1:]))
-    maps = app.EspiritCalib(
-        (k / scale).astype(np.complex64), calib_width=cw, thresh=thresh,
-        kernel_width=min(kernel_width, cw), crop=crop, max_iter=max_iter, show_pbar=False,
-    ).run()
+    with limits:
+        maps = app.EspiritCalib(
+            (k / scale).astype(np.complex64), calib_width=cw, thresh=thresh,
+            kernel_width=min(kernel_width, cw), crop=crop, max_iter=max_iter, show_pbar=False,
+        ).run()
     maps = np.asarray(maps)
     return normalize_maps(maps).astype(np.complex64)
 
