@@ -21,7 +21,7 @@ from monai.transforms import CenterSpatialCropd, Compose, Lambdad, SelectItemsd
 
 from ambient_med import noise
 from ambient_med.cache import AtomicPersistentDataset, settings_hash, source_signature, warm_cache
-from ambient_med.errors import DataError, NoiseEstimateError
+from ambient_med.errors import AmbientMedError, DataError, NoiseEstimateError
 from ambient_med.io.discover import discover, open_source
 from ambient_med.transforms import (
     CoilCombined, ComplexToChannelsd, EstimateCoilMapsd, LoadSliced, RandPatchd, ScaleWithNoised,
@@ -60,6 +60,36 @@ class DatasetInfo:
         return d
 
 
+def _user_error(e: BaseException) -> AmbientMedError | None:
+    while e is not None:
+        if isinstance(e, AmbientMedError):
+            return e
+        e = e.__cause__
+    return None
+
+
+class _UnwrapUserErrors:
+    """Re-raise a user error (bad file, no noise estimate) found inside MONAI's
+    ``RuntimeError("applying transform ...")`` wrapper, so the CLI can report it in one line."""
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except RuntimeError as e:
+            err = _user_error(e)
+            if err is None:
+                raise
+            raise err from None
+
+
+class TrainingSet(_UnwrapUserErrors, Dataset):
+    """MONAI ``Dataset`` of training items; user errors surface unwrapped."""
+
+
+class _CachedTrainingSet(_UnwrapUserErrors, AtomicPersistentDataset):
+    """Disk-cached preprocessing; user errors surface unwrapped."""
+
+
 def _resolve_kind(kind: str, sources) -> str:
     found = {s.kind for s in sources}
     if len(found) > 1:
@@ -96,9 +126,10 @@ def _file_sigma(src, path: Path) -> noise.NoiseEstimate:
     try:
         if src.kind == "magnitude":
             return noise.from_magnitude(src.read_volume(), n_coils=src.n_coils or 1)
-        return noise.from_image_wavelet(src.read(len(src) // 2))
+        item = src.read(len(src) // 2)
+        return noise.from_image_wavelet(item, axes=tuple(range(1, item.ndim)))
     except NoiseEstimateError as e:
-        raise NoiseEstimateError(f"{path}: {e}; pass sigma_n explicitly (0 for clean data)") from None
+        raise NoiseEstimateError(f"{path}: {e}") from None
 
 
 def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto", kind: str = "auto",
@@ -147,11 +178,11 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     pre = _preprocess(src_kind, kind, spatial_dims, coil_maps)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        base = AtomicPersistentDataset(items, pre, cache_dir=Path(cache_dir))
+        base = _CachedTrainingSet(items, pre, cache_dir=Path(cache_dir))
         if num_workers > 0:
             warm_cache(base, num_workers)
     else:
-        base = Dataset(items, pre)
+        base = TrainingSet(items, pre)
 
     stat_idx = np.unique(np.linspace(0, len(items) - 1, min(STAT_ITEMS, len(items))).round().astype(int))
     stats = [base[int(i)] for i in stat_idx]
@@ -188,7 +219,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         sigma_data=sigma_data, n_items=len(items), coil_maps=coil_maps,
         cache_dir=None if cache_dir is None else str(cache_dir), settings=settings,
     )
-    return Dataset(base, Compose(post)), info
+    return TrainingSet(base, Compose(post)), info
 
 
 def _mag2(image: torch.Tensor, kind: str) -> np.ndarray:
