@@ -24,11 +24,13 @@ from ambient_med.cache import AtomicPersistentDataset, settings_hash, source_sig
 from ambient_med.errors import AmbientMedError, DataError, NoiseEstimateError
 from ambient_med.io.discover import discover, open_source
 from ambient_med.transforms import (
-    CoilCombined, ComplexToChannelsd, EstimateCoilMapsd, LoadSliced, RandPatchd, ScaleWithNoised,
+    CoilCombined, ComplexToChannelsd, CompressCoilsd, EstimateCoilMapsd, LoadSliced, RandPatchd, ScaleWithNoised,
     WhitenCoilNoised,
 )
 
 STAT_ITEMS = 16
+# ESPIRiT on more coils is slow (about C^3); compress whitened k-space to this many virtual coils.
+VIRTUAL_COILS = 8
 KINDS = ("complex", "magnitude", "intensity")
 
 
@@ -110,7 +112,7 @@ def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool) ->
     if src_kind == "kspace":
         steps.append(WhitenCoilNoised("image"))
         if coil_maps:
-            steps.append(EstimateCoilMapsd("image"))
+            steps += [CompressCoilsd("image", VIRTUAL_COILS), EstimateCoilMapsd("image")]
         steps.append(CoilCombined("image"))
     if kind == "magnitude" and src_kind in ("kspace", "complex"):
         steps.append(Lambdad("image", _rss_magnitude))
@@ -143,7 +145,9 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     the data is then taken as already white and not whitened); 0 means clean data.
     ``kind="auto"``: complex for k-space (.h5 with ``kspace``, .cfl), magnitude for NIfTI,
     complex or intensity for NumPy by dtype. ``coil_maps=False`` keeps the whitened coil
-    images as ``2*C`` channels instead of an ESPIRiT combination. With ``cache_dir`` the
+    images as ``2*C`` channels instead of an ESPIRiT combination; with maps, files with more
+    than ``VIRTUAL_COILS`` coils are first SVD-compressed to that many (after whitening, so
+    the noise sigma is unchanged). With ``cache_dir`` the
     preprocessing is cached on disk (see :mod:`ambient_med.cache`), filled with
     ``num_workers`` processes. Items of different sizes are centre-cropped to the smallest
     common shape unless ``patch_size`` draws random patches.
@@ -159,6 +163,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     if src_kind == "kspace" and not coil_maps and len({s.n_coils for s in sources}) > 1:
         raise DataError(None, "coil counts differ between files; use coil_maps=True to combine coils")
     settings = {"kind": kind, "spatial_dims": spatial_dims, "coil_maps": coil_maps, "version": 1,
+                "virtual_coils": VIRTUAL_COILS if coil_maps else None,
                 "sigma_n": sigma_n}
     items, file_method = [], {}
     for f, src in zip(files, sources):

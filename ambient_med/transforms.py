@@ -2,7 +2,7 @@
 
 Pipeline for k-space (DESIGN section 6), each step a transform:
 
-    LoadSliced -> WhitenCoilNoised -> EstimateCoilMapsd -> CoilCombined -> ComplexToChannelsd
+    LoadSliced -> WhitenCoilNoised -> [CompressCoilsd] -> EstimateCoilMapsd -> CoilCombined -> ComplexToChannelsd
     -> ScaleWithNoised -> RandPatchd
 
 Dictionary items carry ``sigma_n``, the noise std per real channel in the units of the current
@@ -27,7 +27,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from ambient_med import noise
-from ambient_med.mri.coils import coil_combine, espirit_maps, whiten, whitening_matrix
+from ambient_med.mri.coils import coil_combine, compress_coils, espirit_maps, whiten, whitening_matrix
 from ambient_med.mri.complex import complex_to_channels
 from ambient_med.mri.fft import ifftc
 
@@ -112,6 +112,31 @@ class WhitenCoilNoised(MapTransform):
             est = self.whitener.last_estimate
             d[self.sigma_key] = self.whitener.sigma_after(est.covariance)
             d["noise_method"], d["noise_uncertainty"] = est.method, est.uncertainty
+        return d
+
+
+class CompressCoils(Transform):
+    """(C, *spatial) k-space -> (min(C, n_virtual), *spatial) SVD virtual coils; apply after
+    whitening so that the noise stays white with the same sigma (see ``compress_coils``)."""
+
+    def __init__(self, n_virtual: int = 8):
+        self.n_virtual = int(n_virtual)
+
+    def __call__(self, kspace: np.ndarray) -> np.ndarray:
+        return compress_coils(kspace, self.n_virtual)
+
+
+class CompressCoilsd(MapTransform):
+    """Dictionary twin of :class:`CompressCoils`."""
+
+    def __init__(self, keys: KeysCollection = "image", n_virtual: int = 8, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.t = CompressCoils(n_virtual)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
         return d
 
 

@@ -189,3 +189,24 @@ def test_build_training_set_errors(tmp_path):
         build_training_set([tmp_path / "clean.h5", tmp_path / "x.npy"], sigma_n=0)
     with pytest.raises(DataError, match="kind='complex'"):
         build_training_set([tmp_path / "x.npy"], kind="complex", sigma_n=0)
+
+
+def test_estimate_noise_file_on_fastmri(small_h5):
+    from ambient_med.noise import estimate_noise_file
+
+    est = estimate_noise_file(small_h5 / "a.h5")
+    assert est.method == "k-space corner MAD" and est.sigma == pytest.approx(0.02, rel=0.1)
+
+
+def test_coil_compression_keeps_white_noise_sigma():
+    from ambient_med.transforms import CompressCoils, CompressCoilsd
+
+    rng = np.random.default_rng(2)
+    k = 0.3 * (rng.normal(size=(12, 96, 96)) + 1j * rng.normal(size=(12, 96, 96)))
+    k[:, 40:56, 40:56] += 50 * rng.normal(size=(12, 1, 1))  # a low-rank "signal"
+    c = CompressCoils(4)(k)
+    assert c.shape == (4, 96, 96)
+    corner = np.concatenate([c[:, :20, :20].real.ravel(), c[:, :20, :20].imag.ravel()])
+    assert np.std(corner) == pytest.approx(0.3, rel=0.05)
+    assert np.allclose(CompressCoilsd("image", 4)({"image": k})["image"], c)
+    assert CompressCoils(16)(k) is k
