@@ -210,3 +210,14 @@ def test_coil_compression_keeps_white_noise_sigma():
     assert np.std(corner) == pytest.approx(0.3, rel=0.05)
     assert np.allclose(CompressCoilsd("image", 4)({"image": k})["image"], c)
     assert CompressCoils(16)(k) is k
+
+
+def test_build_training_set_cache_reused_and_keyed_by_settings(small_h5, tmp_path):
+    cache = tmp_path / "c"
+    build_training_set([small_h5 / "b.h5"], cache_dir=cache)
+    n = len(list(cache.glob("*.pt")))
+    assert n == 2
+    ds, _ = build_training_set([small_h5 / "b.h5"], cache_dir=cache)  # same settings: reused
+    assert len(list(cache.glob("*.pt"))) == n
+    build_training_set([small_h5 / "b.h5"], cache_dir=cache, coil_maps=False)  # new settings: new keys
+    assert len(list(cache.glob("*.pt"))) == 2 * n
