@@ -17,7 +17,8 @@ Training `ambient` and `ambient+consistency` shares the first `consistency_start
 
     python benchmarks/exactness.py                      # full run (GPU: ~8 min per sigma_n)
     python benchmarks/exactness.py --quick              # a CPU smoke run
-Writes benchmarks/results/exactness.json, exactness_<sigma_n>.md and exactness_spectra.png.
+Writes benchmarks/results/exactness.json (all sigma_n found there), exactness.md, and per sigma_n
+exactness_sn<sigma_n>.{json,md}, exactness_details_sn<sigma_n>.json, exactness_samples_sn<sigma_n>.png.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def parse():
 
 
 def network_config(size: int) -> NetworkConfig:
+    # Stationary fields need no attention; a small UNet keeps the GPU step launch-bound-cheap.
     return NetworkConfig(spatial_dims=2, channels=1, sigma_data=1.0, features=(32, 64, 64),
-                         attention_levels=(False, False, True), num_res_blocks=2,
+                         attention_levels=(False, False, False), num_res_blocks=1,
                          norm_num_groups=8, num_head_channels=16)
 
 
@@ -200,57 +202,61 @@ def run_sigma(sigma_n: float, args, device, tmp: Path):
     return results, extra, fd_floor
 
 
-def write_report(all_results, all_extra, floors, args, device):
+def write_report(results, extra, floor, sn, args, device):
+    """Write this sigma_n's files, then merge every ``exactness_sn*.json`` in the folder into
+    ``exactness.json`` / ``exactness.md`` (sigma_n values may run as separate processes)."""
     args.out.mkdir(parents=True, exist_ok=True)
-    main = {sn: {o: r for o, r in res.items() if o in OBJECTIVES} for sn, res in all_results.items()}
-    (args.out / "exactness.json").write_text(json.dumps(main, indent=2) + "\n")
-    variants = {sn: {o: r for o, r in res.items() if o not in OBJECTIVES} for sn, res in all_results.items()}
-    meta = {"device": str(device), "torch": torch.__version__, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "fd_floor_exact_wiener_sampler": floors,
-            "power_bands": {sn: {o: {k: e[k] for k in ("power_bands_full", "power_bands_truncated")}
-                                 for o, e in ex.items()} for sn, ex in all_extra.items()},
-            "train_seconds": {sn: {o: e["train_seconds"] for o, e in ex.items()} for sn, ex in all_extra.items()},
-            "step_seconds": {sn: {o: e["step_seconds"] for o, e in ex.items()} for sn, ex in all_extra.items()},
-            "variants": variants}
-    (args.out / "exactness_details.json").write_text(json.dumps(meta, indent=2) + "\n")
-    lines = [f"# Exactness benchmark ({device}, {args.steps} steps, batch {args.batch_size}, "
-             f"{args.size}x{args.size} fields, {args.n_samples} samples)\n"]
-    for sn, res in all_results.items():
-        lines.append(f"\n## sigma_n = {sn}  (exact-Wiener sampler floor: fd {floors[sn]:.3f})\n")
-        lines.append("| objective | " + " | ".join(f"excess @ {r} sn" for r in RATIOS)
-                     + " | fd full | fd truncated | step time / clean | power bands full (low->high) |")
-        lines.append("|---" * (len(RATIOS) + 5) + "|")
-        for o, r in res.items():
-            bands = " ".join(f"{b:.2f}" for b in all_extra[sn][o]["power_bands_full"])
-            lines.append(f"| {o} | " + " | ".join(f"{r['excess_error'][str(x)]:.3f}" for x in RATIOS)
-                         + f" | {r['fd_full']:.3f} | {r['fd_truncated']:.3f} | {r['step_time_ratio']:.2f} | {bands} |")
+    main = {o: r for o, r in results.items() if o in OBJECTIVES}
+    (args.out / f"exactness_sn{sn}.json").write_text(json.dumps(main, indent=2) + "\n")
+    details = {"device": str(device), "torch": torch.__version__,
+               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "fd_floor_exact_wiener_sampler": floor,
+               "variants": {o: r for o, r in results.items() if o not in OBJECTIVES},
+               **{o: {k: v for k, v in e.items() if k != "samples"} for o, e in extra.items()}}
+    (args.out / f"exactness_details_sn{sn}.json").write_text(json.dumps(details, indent=2) + "\n")
+    lines = [f"## sigma_n = {sn}  ({device}, {args.steps} steps, batch {args.batch_size}, "
+             f"{args.size}x{args.size} fields, {args.n_samples} samples; exact-Wiener sampler "
+             f"floor of the normalised distance: {floor:.3f})\n",
+             "Excess error is (MSE - MMSE)/MMSE at sigma = ratio x sigma_n; fd is the Frechet "
+             "distance to the truth over that of the noisy data; power bands are sample power / "
+             "true power from low to high radial frequency.\n",
+             "| objective | " + " | ".join(f"excess @ {r}" for r in RATIOS)
+             + " | fd full | fd truncated | step time / clean | power bands (full sampling) |",
+             "|---" * (len(RATIOS) + 5) + "|"]
+    for o, r in results.items():
+        bands = " ".join(f"{b:.2f}" for b in extra[o]["power_bands_full"])
+        lines.append(f"| {o} | " + " | ".join(f"{r['excess_error'][str(x)]:.3f}" for x in RATIOS)
+                     + f" | {r['fd_full']:.3f} | {r['fd_truncated']:.3f} | {r['step_time_ratio']:.2f} | {bands} |")
     text = "\n".join(lines) + "\n"
-    (args.out / "exactness.md").write_text(text)
-    print(text)
+    (args.out / f"exactness_sn{sn}.md").write_text(text)
+    print(text, flush=True)
+    merged = {f.stem.removeprefix("exactness_sn"): json.loads(f.read_text())
+              for f in sorted(args.out.glob("exactness_sn*.json"))}
+    (args.out / "exactness.json").write_text(json.dumps(merged, indent=2) + "\n")
+    (args.out / "exactness.md").write_text("# Exactness benchmark (benchmarks/exactness.py)\n\n" + "\n".join(
+        f.read_text() for f in sorted(args.out.glob("exactness_sn*.md"))))
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        sns = list(all_extra)
-        objs = list(next(iter(all_extra.values())))
-        fig, axes = plt.subplots(len(sns), len(objs) + 1, figsize=(2.6 * (len(objs) + 1), 2.8 * len(sns)), squeeze=False)
-        for i, sn in enumerate(sns):
-            ax = axes[i, 0]
-            for o in objs:
-                ax.plot(all_extra[sn][o]["power_bands_full"], marker="o", label=o)
-            ax.axhline(1, color="k", lw=0.5)
-            ax.set_yscale("log"); ax.set_title(f"sample power / truth, sn={sn}", fontsize=8)
-            ax.set_xlabel("radial band (low->high)", fontsize=7)
-            if i == 0:
-                ax.legend(fontsize=5)
-            for j, o in enumerate(objs):
-                pics = all_extra[sn][o]["samples"][:4, 0]
-                grid = torch.cat([torch.cat(list(pics[:2]), 1), torch.cat(list(pics[2:4]), 1)], 0)
-                axes[i, j + 1].imshow(grid.numpy(), cmap="gray", vmin=-2.5, vmax=2.5)
-                axes[i, j + 1].set_title(o, fontsize=7); axes[i, j + 1].axis("off")
+        objs = list(extra)
+        fig, axes = plt.subplots(1, len(objs) + 1, figsize=(2.6 * (len(objs) + 1), 2.9))
+        for o in objs:
+            axes[0].plot(extra[o]["power_bands_full"], marker="o", label=o)
+        axes[0].axhline(1, color="k", lw=0.5)
+        axes[0].set_yscale("log")
+        axes[0].set_title(f"sample power / truth, sn={sn}", fontsize=8)
+        axes[0].set_xlabel("radial band (low->high)", fontsize=7)
+        axes[0].legend(fontsize=5)
+        for j, o in enumerate(objs):
+            pics = extra[o]["samples"][:4, 0]
+            grid = torch.cat([torch.cat(list(pics[:2]), 1), torch.cat(list(pics[2:4]), 1)], 0)
+            axes[j + 1].imshow(grid.numpy(), cmap="gray", vmin=-2.5, vmax=2.5)
+            axes[j + 1].set_title(o, fontsize=6)
+            axes[j + 1].axis("off")
         fig.tight_layout()
-        fig.savefig(args.out / "exactness_spectra.png", dpi=110)
-    except Exception as e:  # noqa: BLE001 - the figure is optional, numbers are not
+        fig.savefig(args.out / f"exactness_samples_sn{sn}.png", dpi=110)
+    except Exception as e:  # noqa: BLE001 - the figure is optional, the numbers are not
         print(f"(figure skipped: {e})")
 
 
@@ -258,13 +264,11 @@ def main():
     args = parse()
     device = resolve_device(args.device)
     print(f"device {device}; {args.steps} steps x batch {args.batch_size}", flush=True)
-    all_results, all_extra, floors = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for sn in args.sigma_n:
             print(f"sigma_n = {sn}", flush=True)
             res, extra, floor = run_sigma(sn, args, device, Path(tmp))
-            all_results[str(sn)], all_extra[str(sn)], floors[str(sn)] = res, extra, floor
-    write_report(all_results, all_extra, floors, args, device)
+            write_report(res, extra, floor, sn, args, device)
 
 
 if __name__ == "__main__":
