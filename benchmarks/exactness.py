@@ -60,6 +60,8 @@ def parse():
     p.add_argument("--sample-steps", type=int, default=32)
     p.add_argument("--variants", nargs="*", default=[],
                    help="extra consistency variants to compare, e.g. anchored pair:steps=1")
+    p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES,
+                   help="which objectives to train (step times are always measured for all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
@@ -162,7 +164,7 @@ def run_sigma(sigma_n: float, args, device, tmp: Path):
         return EDMDenoiser(net)
 
     models, train_time, history = {}, {}, {}
-    for obj in ("clean", "naive"):
+    for obj in [o for o in ("clean", "naive") if o in args.objectives]:
         t = time.perf_counter()
         r = train(fresh(), data, cfgs[obj], tcfg, device=device)
         models[obj], train_time[obj], history[obj] = r.model, time.perf_counter() - t, r.history
@@ -173,7 +175,8 @@ def run_sigma(sigma_n: float, args, device, tmp: Path):
     t = time.perf_counter()
     train(fresh(), data, cfgs["ambient"], tcfg, run_dir=snap, device=device, stop_after=half)
     t_half = time.perf_counter() - t
-    for obj in [o for o in cfgs if o.startswith("ambient")]:
+    for obj in [o for o in cfgs if o.startswith("ambient")
+                and (o in args.objectives or o not in OBJECTIVES)]:
         run = tmp / f"{obj}_{sigma_n}".replace("[", "_").replace("]", "").replace(":", "_")
         shutil.copytree(snap, run)
         t = time.perf_counter()
