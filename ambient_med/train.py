@@ -66,6 +66,11 @@ class TensorDataset(Dataset):
             item["clean"] = self.clean[i]
         return item
 
+    def get_batch(self, idx: list[int]) -> dict:
+        """A whole batch by one fancy index: per-item fetching and collating costs more than a
+        small network's GPU step."""
+        return self[torch.as_tensor(idx)]
+
 
 class ResumableSampler(Sampler[int]):
     """An endless stream of indices, a fresh permutation per epoch drawn from ``(seed, epoch)``,
@@ -98,6 +103,20 @@ class TrainResult:
     step: int
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False
+
+
+def _batches(dataset: Dataset, sampler: ResumableSampler, cfg: TrainConfig, device):
+    """Batches in ``sampler`` order: in-memory datasets with ``get_batch`` are indexed directly,
+    anything else goes through a DataLoader (workers, pinned memory)."""
+    if hasattr(dataset, "get_batch") and cfg.num_workers == 0:
+        def gen():
+            it = iter(sampler)
+            while True:
+                yield dataset.get_batch([next(it) for _ in range(cfg.batch_size)])
+        return gen()
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                      num_workers=cfg.num_workers, drop_last=True,
+                      pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
 
 
 def _dist():
@@ -181,9 +200,7 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
 
     sampler = ResumableSampler(len(dataset), cfg.seed, start=step * cfg.batch_size,
                                rank=rank, world_size=world)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.num_workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    loader = _batches(dataset, sampler, cfg, device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.mixed_precision and device.type == "cuda" else torch.autocast("cpu", enabled=False))
 
