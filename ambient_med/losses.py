@@ -143,7 +143,7 @@ class LossConfig:
     consistency_weight: float = 1.0
     consistency_fraction: float = 0.25   # share of each batch that gets the consistency term
     consistency_variant: str = "pair"    # "pair" (nearby levels) or "anchored" (D(y, sigma_n) fixed)
-    consistency_chain_steps: int = 2     # no-grad reverse steps from sigma_n down to sigma
+    consistency_chain_steps: int = 1     # no-grad reverse steps from sigma_n down to sigma
     consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n for the consistency levels
     consistency_step_ratio: tuple[float, float] = (0.5, 0.9)  # u/sigma range for the pair
     consistency_start: float = 0.5       # fraction of training done on the ambient term alone
