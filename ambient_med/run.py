@@ -195,8 +195,10 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fa
     if len(dataset) < proto.train.batch_size * world:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one batch "
                           f"({proto.train.batch_size} x {world} processes); lower --batch-size")
+    # Identical initial weights on every rank: DDP broadcasts rank 0's parameters, but train()
+    # copies the EMA before wrapping the model, so the ranks must start equal already.
+    torch.manual_seed(proto.train.seed)
     model, loss_cfg = build_model(proto, info)
-    torch.manual_seed(proto.train.seed)  # identical initial weights on every rank
 
     start = 0
     if resume:
