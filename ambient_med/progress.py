@@ -1,7 +1,8 @@
 """A rich progress bar for training: loss, steps per second and time left.
 
-Training reports metrics every ``log_every`` steps, so the bar moves in those increments. It
-writes to stderr, so stdout stays clean for results a script may parse."""
+Training reports metrics every ``log_every`` steps, so the bar moves in those increments. The
+bar goes to stderr; the one-line dataset summary to stdout, so that stderr holds nothing but
+the bar and, on failure, the one-line error."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class TrainProgress:
                                    TimeRemainingColumn)
 
         console = Console(stderr=True)
-        console.print(f"[bold]{protocol.name}[/]: {len(info.files)} file(s), {info.kind} "
+        Console(highlight=False).print(f"[bold]{protocol.name}[/]: {len(info.files)} file(s), {info.kind} "
                       f"{list(info.shape)} x {info.channels} ch; sigma_n = {info.sigma_n_data:.4g} "
                       f"(data) = {info.sigma_n_model:.4g} (model), {info.noise_method}"
                       + (f" +/- {100 * info.noise_uncertainty:.1f}%" if info.noise_uncertainty else ""))
