@@ -47,7 +47,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, device: str = "auto",
              overwrite: bool = False, log: Callable[[str], None] = print,
              n_files: int = N_FILES, slices: int = SLICES, previews: int = 8,
-             posterior_samples: int = 4) -> dict:
+             posterior_samples: int = 8) -> dict:
     from .images import save_grid, to_display
     from .noise import estimate_noise_file
     from .phantoms import make_phantom_dataset

@@ -114,21 +114,37 @@ def wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int, timeou
     raise AssertionError("no checkpoint appeared in time")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def ddp_worker(rank: int, world: int, port: int, data: str, protocol: str, out: str,
                dump: str) -> None:
-    """One rank of the DDP test: join through the environment, as under torchrun, train, and
-    save this rank's trained and EMA weights for comparison."""
+    """One rank of the DDP test: join through the environment variables torchrun sets, train
+    through ``run_training``, and save this rank's trained and EMA weights for comparison."""
     import torch
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from ambient_med.run import run_training
+    import ambient_med.run as run
 
-    res = run_training([data], out, protocol=protocol, sigma_n=TRUE_SIGMA, device="cpu",
-                       handle_signals=False, previews=0)
-    from ambient_med.checkpoint import load_latest
+    seen = {}
+    inner = run.train
 
-    torch.save({"ema": res.model.state_dict(), "step": res.step,
-                "samples_seen": len(res.history)}, Path(dump) / f"rank{rank}.pt")
+    def spy(model, *a, **k):  # train() updates ``model`` in place: keep a handle on it
+        seen["model"] = model
+        seen["data"] = a[0]
+        return inner(model, *a, **k)
+
+    run.train = spy
+    res = run.run_training([data], out, protocol=protocol, sigma_n=TRUE_SIGMA, device="cpu",
+                           handle_signals=False, previews=0)
+    torch.save({"model": seen["model"].state_dict(), "ema": res.model.state_dict(),
+                "step": res.step, "world": torch.distributed.get_world_size()},
+               Path(dump) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
