@@ -148,3 +148,20 @@ def ddp_worker(rank: int, world: int, port: int, data: str, protocol: str, out: 
                 "step": res.step, "world": torch.distributed.get_world_size()},
                Path(dump) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
+
+
+def ddp_stop_worker(rank: int, world: int, port: int, data: str, protocol: str, out: str,
+                    dump: str) -> None:
+    """One rank of the DDP stop test: a long run with signal handling; records where it stopped."""
+    import torch
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from ambient_med.run import run_training
+
+    res = run_training([data], out, protocol=protocol, sigma_n=TRUE_SIGMA, device="cpu",
+                       steps=100000, handle_signals=True, previews=0)
+    Path(dump, f"stop{rank}.json").write_text(
+        f'{{"step": {res.step}, "interrupted": {str(res.interrupted).lower()}}}')
+    torch.distributed.destroy_process_group()

@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 
 from ambient_med.networks import EDMDenoiser, NetworkConfig
 
-from _cli_fixtures import (ddp_worker, free_port, subprocess_env, tiny_data, tiny_protocol)
+from _cli_fixtures import (ddp_stop_worker, ddp_worker, free_port, subprocess_env, tiny_data,
+                           tiny_protocol)
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
                                 not torch.distributed.is_gloo_available(),
@@ -66,3 +67,34 @@ def test_torchrun_cli(env):
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step_000000003.pt", "step_000000006.pt"]
+
+
+def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_step(env):
+    """A signal that reaches only one rank (or the ranks at different steps) must not leave the
+    others waiting in a collective: all ranks agree to stop after the same step and rank 0 saves."""
+    import os
+    import signal
+    import time
+
+    from ambient_med.checkpoint import list_checkpoints
+
+    dump = env["tmp"] / "dump_stop"
+    dump.mkdir()
+    out = env["tmp"] / "run_stop"
+    ctx = mp.start_processes(ddp_stop_worker, args=(2, free_port(), str(env["data"]),
+                                                    str(env["proto"]), str(out), str(dump)),
+                             nprocs=2, join=False, start_method="spawn")
+    t0 = time.time()
+    while not (list_checkpoints(out / "checkpoints") and list_checkpoints(out / "checkpoints")[-1][0] >= 3):
+        assert time.time() - t0 < 120, "no checkpoint"
+        time.sleep(0.1)
+    os.kill(ctx.processes[1].pid, signal.SIGTERM)
+    deadline = time.time() + 60
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("ranks did not stop together (a collective is waiting)")
+    s0, s1 = (json.loads((dump / f"stop{r}.json").read_text()) for r in (0, 1))
+    assert s0["interrupted"] and s1["interrupted"] and s0["step"] == s1["step"]
+    assert list_checkpoints(out / "checkpoints")[-1][0] == s0["step"]
