@@ -192,7 +192,8 @@ def from_magnitude(image: np.ndarray, n_coils: int = 1, measurements_axis: int |
     one for which the most voxels have ``t`` inside the central ``1 - alpha`` Gamma interval,
     then iterate ``sigma = quantile_q(m over those voxels) / chi_quantile_q`` to a fixed point,
     with ``q`` the quantile that minimises the estimator's variance (from the paper's table;
-    0.5 for other ``N``). Uncertainty: the asymptotic standard error of a sample quantile,
+    0.5 for other ``N``). A second iteration starts from the image's 10th percentile, and the
+    smaller fixed point wins (for ``K = 1`` the object itself can be a spurious fixed point). Uncertainty: the asymptotic standard error of a sample quantile,
     ``sqrt(q(1-q)/n) / (x_q f(x_q))`` for the chi(2N) density ``f``, over the ``n`` values used.
     """
     from scipy import stats
@@ -219,15 +220,26 @@ def from_magnitude(image: np.ndarray, n_coils: int = 1, measurements_axis: int |
         t = sum_m2 / (2 * K * s**2)
         return (t >= lo) & (t <= hi)
 
-    counts = [np.count_nonzero(inside(s)) for s in np.arange(1, n_grid + 1) * m0 / n_grid]
-    sigma, prev = float(np.arange(1, n_grid + 1)[int(np.argmax(counts))] * m0 / n_grid), 0.0
-    for _ in range(itermax):
-        if abs(sigma - prev) <= tol * sigma:
-            break
-        sel = inside(sigma)
-        if not np.any(sel):
-            break
-        prev, sigma = sigma, float(np.percentile(x[sel], q * 100) / chi_q)
+    def fixed_point(sigma):
+        prev = 0.0
+        for _ in range(itermax):
+            if abs(sigma - prev) <= tol * sigma:
+                break
+            sel = inside(sigma)
+            if not np.any(sel):
+                break
+            prev, sigma = sigma, float(np.percentile(x[sel], q * 100) / chi_q)
+        return sigma
+
+    grid = np.arange(1, n_grid + 1) * m0 / n_grid
+    start_count = float(grid[int(np.argmax([np.count_nonzero(inside(s)) for s in grid]))])
+    # With K = 1 the acceptance band is wide enough that a sigma near the object intensity
+    # accepts every voxel and is itself a fixed point; a start from a low quantile (the
+    # background, when it fills >10% of the image) reaches the noise fixed point instead.
+    start_low = float(np.percentile(x, 10) / np.sqrt(2 * _chi2_quantile(N, 1, 0.1)))
+    cands = [fixed_point(s0) for s0 in (start_count, start_low) if s0 > 0]
+    cands = [s for s in cands if np.count_nonzero(inside(s)) * K >= 16] or cands
+    sigma = min(cands)
     n = int(np.count_nonzero(inside(sigma))) * K
     if n < 16:
         raise NoiseEstimateError(f"PIESNO found only {n} background values; no noise-only region")
@@ -265,6 +277,6 @@ def estimate_noise_file(path: str | Path, n_coils: int | None = None, **kwargs) 
     elif src.kind == "magnitude":
         est = from_magnitude(src.read_volume(), n_coils=n_coils or src.n_coils or 1, **kwargs)
     else:
-        est = from_image_wavelet(item, **kwargs)
+        est = from_image_wavelet(item, axes=tuple(range(1, item.ndim)), **kwargs)
     est.details["path"] = str(path)
     return est

@@ -21,25 +21,27 @@ def shared_data() -> Path:
     return root
 
 
-def phantom(n: int = 128, blur: float = 1.5) -> np.ndarray:
+def phantom(n: int | tuple[int, int] = 128, blur: float = 1.5) -> np.ndarray:
     """Complex ellipse phantom with inner structure and a smooth phase, peak magnitude ~1.
 
     Edges are blurred by a Gaussian of ``blur`` pixels, so that, as in real acquisitions, the
     outer k-space is noise-dominated even at 40 dB (a perfectly sharp ellipse is not)."""
-    y, x = np.mgrid[-1 : 1 : n * 1j, -1 : 1 : n * 1j]
+    ny, nx = (n, n) if isinstance(n, int) else n
+    y, x = np.mgrid[-1 : 1 : ny * 1j, -1 : 1 : nx * 1j]
     img = 1.0 * ((x / 0.7) ** 2 + (y / 0.85) ** 2 < 1)
     img -= 0.4 * ((x / 0.55) ** 2 + (y / 0.7) ** 2 < 1)
     img += 0.3 * (((x - 0.2) / 0.15) ** 2 + (y / 0.25) ** 2 < 1)
     img += 0.2 * (((x + 0.25) / 0.1) ** 2 + ((y + 0.2) / 0.1) ** 2 < 1)
     img = img * np.exp(1j * np.pi * 0.5 * (x + 0.5 * y))
-    f = np.fft.fftfreq(n)
-    g = np.exp(-2 * (np.pi * blur) ** 2 * (f[:, None] ** 2 + f[None, :] ** 2))
+    fy, fx = np.fft.fftfreq(ny), np.fft.fftfreq(nx)
+    g = np.exp(-2 * (np.pi * blur) ** 2 * (fy[:, None] ** 2 + fx[None, :] ** 2))
     return np.fft.ifft2(np.fft.fft2(img) * g).astype(np.complex64)
 
 
-def coil_maps(n: int = 128, coils: int = 8) -> np.ndarray:
+def coil_maps(n: int | tuple[int, int] = 128, coils: int = 8) -> np.ndarray:
     """Smooth Gaussian coil sensitivities around a circle, normalised to sum |S_c|^2 = 1."""
-    y, x = np.mgrid[-1 : 1 : n * 1j, -1 : 1 : n * 1j]
+    ny, nx = (n, n) if isinstance(n, int) else n
+    y, x = np.mgrid[-1 : 1 : ny * 1j, -1 : 1 : nx * 1j]
     maps = []
     for c in range(coils):
         a = 2 * np.pi * c / coils
@@ -82,8 +84,11 @@ def multicoil_kspace(n=128, coils=8, snr_db=20.0, seed=0):
     return (clean + noise).astype(np.complex64), clean, noise, cov, maps
 
 
-def write_fastmri(path: Path, slices=20, coils=15, kx=640, ky=368, recon=(320, 320), pad=(0, 0), seed=0):
-    """A fastMRI multicoil file in the public layout (contiguous complex64 ``kspace``)."""
+def write_fastmri(path: Path, slices=20, coils=15, kx=640, ky=368, recon=(320, 320), pad=(0, 0), seed=0,
+                  sigma=0.02):
+    """A fastMRI multicoil file in the public layout (contiguous complex64 ``kspace``): a
+    phantom filling the central half of the 2x-oversampled readout FOV, smooth coil maps,
+    white noise of std ``sigma`` per real channel (``sigma=0``: noise-free)."""
     rng = np.random.default_rng(seed)
     header = f"""<?xml version="1.0" encoding="utf-8"?>
 <ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
@@ -92,7 +97,10 @@ def write_fastmri(path: Path, slices=20, coils=15, kx=640, ky=368, recon=(320, 3
 <reconSpace><matrixSize><x>{recon[0]}</x><y>{recon[1]}</y><z>1</z></matrixSize>
 <fieldOfView_mm><x>140</x><y>140</y><z>3</z></fieldOfView_mm></reconSpace>
 </encoding></ismrmrdHeader>"""
-    base = (rng.normal(size=(coils, kx, ky)) + 1j * rng.normal(size=(coils, kx, ky))).astype(np.complex64)
+    obj = np.zeros((kx, ky), np.complex64)
+    obj[kx // 4 : kx // 4 + kx // 2] = phantom((kx // 2, ky))
+    base = fftc(coil_maps((kx, ky), coils) * obj)
+    base = (base + sigma * (rng.normal(size=base.shape) + 1j * rng.normal(size=base.shape))).astype(np.complex64)
     if pad[0] or pad[1]:
         base[..., : pad[0]] = 0
         base[..., ky - pad[1] :] = 0

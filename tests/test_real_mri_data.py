@@ -77,3 +77,12 @@ def test_scale_invariance_on_undersampled_bart_brain():
     est_scaled = noise.from_kspace(k / np.float32(1e10))
     assert est_scaled.sigma * 1e10 == pytest.approx(est.sigma, rel=1e-4)
     assert est.details["n_samples"] < 0.2 * np.prod(k.shape[1:]) / 16 * 4  # zeros excluded
+
+
+def test_estimate_noise_file_dispatches():
+    mri = shared_data() / "mri"
+    k = noise.estimate_noise_file(mri / "espirit_brain_8coil" / "full.cfl")
+    assert k.method == "k-space corner MAD" and k.sigma == pytest.approx(1.2, rel=0.05)
+    m = noise.estimate_noise_file(mri / "wheel_mri_magnitude" / "test_piesno.nii.gz", n_coils=8)
+    assert m.method.startswith("PIESNO") and m.sigma == pytest.approx(0.010749, rel=0.10)
+    assert m.details["path"].endswith("test_piesno.nii.gz")

@@ -5,6 +5,7 @@ Nothing here does file I/O (DESIGN section 9)."""
 from ambient_med.mri.fft import fftc, ifftc
 from ambient_med.mri.coils import (
     coil_combine,
+    compress_coils,
     espirit_maps,
     noise_covariance,
     whiten,
@@ -14,5 +15,5 @@ from ambient_med.mri.operators import SenseOp
 
 __all__ = [
     "fftc", "ifftc", "noise_covariance", "whitening_matrix", "whiten",
-    "espirit_maps", "coil_combine", "SenseOp",
+    "espirit_maps", "coil_combine", "compress_coils", "SenseOp",
 ]

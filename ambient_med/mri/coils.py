@@ -70,13 +70,15 @@ def espirit_maps(
     thresh: float = 0.02,
     kernel_width: int = 6,
     crop: float = 0.95,
-    max_iter: int = 100,
+    max_iter: int = 30,
 ) -> np.ndarray:
     """ESPIRiT coil maps ``S`` (C, *spatial) from centred k-space (C, *spatial), via sigpy.
 
     sigpy returns the dominant eigenvector per voxel, so ``sum_c |S_c|^2 = 1`` where the
     eigenvalue exceeds ``crop`` and 0 elsewhere; we renormalise to remove round-off. The
-    k-space scale does not matter: it is divided out before calibration.
+    k-space scale does not matter: it is divided out before calibration. ``max_iter=30``
+    power iterations: on the 8-coil brain the maps then differ from 100 iterations by < 2e-6
+    (1 - |<S_30, S_100>| per voxel); 10 iterations are not enough.
     """
     import sigpy.mri.app as app
 
@@ -98,6 +100,22 @@ def espirit_maps(
         ).run()
     maps = np.asarray(maps)
     return normalize_maps(maps).astype(np.complex64)
+
+
+def compress_coils(kspace: np.ndarray, n_virtual: int) -> np.ndarray:
+    """SVD coil compression (Buehrer et al., MRM 57:1131, 2007; Huang et al., MRI 26:133, 2008):
+    project (C, *spatial) onto the ``n_virtual`` dominant left singular vectors, ``U^H k``.
+
+    ``U^H`` has orthonormal rows, so whitened (white, uncorrelated) coil noise stays white with
+    the same sigma; only signal in the discarded virtual coils is lost (the fraction of signal
+    energy kept is ``sum(s[:V]^2) / sum(s^2)``). ESPIRiT cost grows roughly as ``C^3``.
+    """
+    k = np.asarray(kspace)
+    if n_virtual >= k.shape[0]:
+        return k
+    flat = k.reshape(k.shape[0], -1)
+    u, _, _ = np.linalg.svd(flat @ flat.conj().T)
+    return np.tensordot(u[:, :n_virtual].conj().T, k, axes=(1, 0)).astype(k.dtype, copy=False)
 
 
 def normalize_maps(maps: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -1,0 +1,235 @@
+"""``build_training_set``: files in, a training dataset in model space and its description out.
+
+Each item is ``{"image": float32 tensor (C, *spatial), "sigma_n": float}`` in model space.
+The scale ``s`` (DESIGN section 2) is the bias-corrected 99th percentile of the pixel
+magnitude, ``s = sqrt(p99(|y|^2) - E|n|^2)`` with ``E|n|^2 = 2 sigma_n^2`` for complex and
+magnitude data and ``sigma_n^2`` for real intensities, over up to ``STAT_ITEMS`` items spread
+through the dataset, so model-space images have magnitude of order 1; ``sigma_n_model =
+sigma_n_data / s``; ``sigma_data = sqrt(var(y) - sigma_n^2)`` in model space (DESIGN section 3).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from monai.transforms import CenterSpatialCropd, Compose, Lambdad, SelectItemsd
+
+from ambient_med import noise
+from ambient_med.cache import AtomicPersistentDataset, settings_hash, source_signature, warm_cache
+from ambient_med.errors import AmbientMedError, DataError, NoiseEstimateError
+from ambient_med.io.discover import discover, open_source
+from ambient_med.transforms import (
+    CoilCombined, ComplexToChannelsd, CompressCoilsd, EstimateCoilMapsd, LoadSliced, RandPatchd, ScaleWithNoised,
+    WhitenCoilNoised,
+)
+
+STAT_ITEMS = 16
+# ESPIRiT on more coils is slow (about C^3); compress whitened k-space to this many virtual coils.
+VIRTUAL_COILS = 8
+KINDS = ("complex", "magnitude", "intensity")
+
+
+@dataclass
+class DatasetInfo:
+    """What the training set is. ``sigma_n_*`` are per real channel (median over the items
+    sampled for statistics); ``noise_uncertainty`` is the estimator's relative standard error
+    for one item (see :mod:`ambient_med.noise`); ``scale`` is ``s``."""
+
+    files: list[str]
+    kind: str
+    channels: int
+    spatial_dims: int
+    shape: tuple[int, ...]
+    scale: float
+    sigma_n_data: float
+    sigma_n_model: float
+    noise_method: str
+    noise_uncertainty: float
+    sigma_data: float
+    n_items: int = 0
+    coil_maps: bool = True
+    cache_dir: str | None = None
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def _user_error(e: BaseException) -> AmbientMedError | None:
+    while e is not None:
+        if isinstance(e, AmbientMedError):
+            return e
+        e = e.__cause__
+    return None
+
+
+class _UnwrapUserErrors:
+    """Re-raise a user error (bad file, no noise estimate) found inside MONAI's
+    ``RuntimeError("applying transform ...")`` wrapper, so the CLI can report it in one line."""
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except RuntimeError as e:
+            err = _user_error(e)
+            if err is None:
+                raise
+            raise err from None
+
+
+class TrainingSet(_UnwrapUserErrors, Dataset):
+    """MONAI ``Dataset`` of training items; user errors surface unwrapped."""
+
+
+class _CachedTrainingSet(_UnwrapUserErrors, AtomicPersistentDataset):
+    """Disk-cached preprocessing; user errors surface unwrapped."""
+
+
+def _resolve_kind(kind: str, sources) -> str:
+    found = {s.kind for s in sources}
+    if len(found) > 1:
+        raise DataError(None, f"the inputs mix data kinds {sorted(found)}; train on one kind at a time")
+    src_kind = found.pop()
+    natural = "complex" if src_kind == "kspace" else src_kind
+    if kind == "auto":
+        return natural
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'auto' or one of {KINDS}, got {kind!r}")
+    if kind == "complex" and natural != "complex":
+        raise DataError(None, f"kind='complex' needs k-space or complex inputs; these are {src_kind}")
+    return kind
+
+
+def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool) -> Compose:
+    steps = [LoadSliced("image", spatial_dims=spatial_dims)]
+    if src_kind == "kspace":
+        steps.append(WhitenCoilNoised("image"))
+        if coil_maps:
+            steps += [CompressCoilsd("image", VIRTUAL_COILS), EstimateCoilMapsd("image")]
+        steps.append(CoilCombined("image"))
+    if kind == "magnitude" and src_kind in ("kspace", "complex"):
+        steps.append(Lambdad("image", _rss_magnitude))
+    steps.append(ComplexToChannelsd("image"))
+    return Compose(steps)
+
+
+def _rss_magnitude(x):
+    return np.sqrt(np.sum(np.abs(x) ** 2, axis=0, keepdims=True)).astype(np.float32)
+
+
+def _file_sigma(src, path: Path) -> noise.NoiseEstimate:
+    try:
+        if src.kind == "magnitude":
+            return noise.from_magnitude(src.read_volume(), n_coils=src.n_coils or 1)
+        item = src.read(len(src) // 2)
+        return noise.from_image_wavelet(item, axes=tuple(range(1, item.ndim)))
+    except NoiseEstimateError as e:
+        raise NoiseEstimateError(f"{path}: {e}") from None
+
+
+def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto", kind: str = "auto",
+                       spatial_dims: int = 2, patch_size: tuple[int, ...] | None = None,
+                       cache_dir: Path | None = None, coil_maps: bool = True,
+                       num_workers: int = 0) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
+    """Files, folders or globs -> (dataset of model-space items, :class:`DatasetInfo`).
+
+    ``sigma_n="auto"`` measures the noise (k-space corners per slice, PIESNO for magnitude
+    volumes, wavelet MAD for image arrays); a number overrides it in data units (for k-space
+    the data is then taken as already white and not whitened); 0 means clean data.
+    ``kind="auto"``: complex for k-space (.h5 with ``kspace``, .cfl), magnitude for NIfTI,
+    complex or intensity for NumPy by dtype. ``coil_maps=False`` keeps the whitened coil
+    images as ``2*C`` channels instead of an ESPIRiT combination; with maps, files with more
+    than ``VIRTUAL_COILS`` coils are first SVD-compressed to that many (after whitening, so
+    the noise sigma is unchanged). With ``cache_dir`` the
+    preprocessing is cached on disk (see :mod:`ambient_med.cache`), filled with
+    ``num_workers`` processes. Items of different sizes are centre-cropped to the smallest
+    common shape unless ``patch_size`` draws random patches.
+    """
+    if sigma_n != "auto" and not (isinstance(sigma_n, (int, float)) and sigma_n >= 0):
+        raise ValueError(f"sigma_n must be 'auto' or a number >= 0, got {sigma_n!r}")
+    if patch_size is not None and len(patch_size) != spatial_dims:
+        raise ValueError(f"patch_size {patch_size} has {len(patch_size)} dims; spatial_dims is {spatial_dims}")
+    files = discover(list(paths))
+    sources = [open_source(f, spatial_dims) for f in files]
+    src_kind = sources[0].kind if len({s.kind for s in sources}) == 1 else None
+    kind = _resolve_kind(kind, sources)
+    if src_kind == "kspace" and not coil_maps and len({s.n_coils for s in sources}) > 1:
+        raise DataError(None, "coil counts differ between files; use coil_maps=True to combine coils")
+    settings = {"kind": kind, "spatial_dims": spatial_dims, "coil_maps": coil_maps, "version": 1,
+                "virtual_coils": VIRTUAL_COILS if coil_maps else None,
+                "sigma_n": sigma_n}
+    items, file_method = [], {}
+    for f, src in zip(files, sources):
+        if sigma_n != "auto":
+            s_n = float(sigma_n)
+        elif src_kind == "kspace":
+            s_n = None  # measured per slice while whitening
+        else:
+            est = _file_sigma(src, f)
+            s_n, file_method[str(f)] = est.sigma, (est.method, est.uncertainty)
+        for i in range(len(src)):
+            item = {"image": str(f), "index": i, "source": source_signature(f),
+                    "settings": settings_hash(settings), "sigma_n": s_n}
+            if str(f) in file_method:
+                item["noise_method"], item["noise_uncertainty"] = file_method[str(f)]
+            items.append(item)
+    pre = _preprocess(src_kind, kind, spatial_dims, coil_maps)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        base = _CachedTrainingSet(items, pre, cache_dir=Path(cache_dir))
+        if num_workers > 0:
+            warm_cache(base, num_workers)
+    else:
+        base = TrainingSet(items, pre)
+
+    stat_idx = np.unique(np.linspace(0, len(items) - 1, min(STAT_ITEMS, len(items))).round().astype(int))
+    stats = [base[int(i)] for i in stat_idx]
+    shapes = [tuple(s["image"].shape[1:]) for s in stats]
+    if src_kind == "kspace":  # every item's shape is cheap to know only per file: use one slice each
+        shapes += [tuple(src.read(0).shape[1:]) for src in sources] if coil_maps is not None else []
+    common = tuple(int(min(s[d] for s in shapes)) for d in range(spatial_dims))
+    channels = int(stats[0]["image"].shape[0])
+    sig = np.array([float(s["sigma_n"]) for s in stats])
+    sigma_n_data = float(np.median(sig))
+    p2 = np.percentile(np.concatenate([_mag2(s["image"], kind).ravel() for s in stats]), 99)
+    bias = (sigma_n_data**2 if kind == "intensity" else 2 * sigma_n_data**2)
+    scale = float(np.sqrt(p2 - bias)) if p2 > 2 * bias else float(np.sqrt(p2))
+    if not np.isfinite(scale) or scale <= 0:
+        raise DataError(None, f"cannot set an intensity scale: the data is all zeros ({files[0]} ...)")
+    y = np.concatenate([s["image"].numpy().ravel() for s in stats]) / scale
+    sigma_n_model = sigma_n_data / scale
+    sigma_data = float(np.sqrt(max(np.var(y) - sigma_n_model**2, 0.0)))
+    methods = Counter(str(s.get("noise_method", "explicit")) for s in stats)
+
+    post = []
+    if patch_size is None and any(s != common for s in shapes):
+        post.append(CenterSpatialCropd("image", roi_size=common))
+    post.append(ScaleWithNoised("image", scale=scale))
+    if patch_size is not None:
+        post.append(RandPatchd("image", patch_size=patch_size))
+    post.append(SelectItemsd(["image", "sigma_n"]))
+    info = DatasetInfo(
+        files=[str(f) for f in files], kind=kind, channels=channels, spatial_dims=spatial_dims,
+        shape=tuple(patch_size) if patch_size is not None else common, scale=scale,
+        sigma_n_data=sigma_n_data, sigma_n_model=sigma_n_model,
+        noise_method=methods.most_common(1)[0][0],
+        noise_uncertainty=float(np.median([float(s.get("noise_uncertainty", 0.0)) for s in stats])),
+        sigma_data=sigma_data, n_items=len(items), coil_maps=coil_maps,
+        cache_dir=None if cache_dir is None else str(cache_dir), settings=settings,
+    )
+    return TrainingSet(base, Compose(post)), info
+
+
+def _mag2(image: torch.Tensor, kind: str) -> np.ndarray:
+    """Squared magnitude per pixel: complex pairs of channels summed, real channels as is."""
+    x = image.numpy().astype(np.float64)
+    if kind == "complex":
+        return x[0::2] ** 2 + x[1::2] ** 2
+    return x**2

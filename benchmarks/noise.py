@@ -1,0 +1,168 @@
+"""Noise-estimation figures: synthetic SNR sweep and three real-data checks (ISSUE 3).
+
+Run:  PYTHONPATH=. python benchmarks/noise.py
+Prints a table and writes benchmarks/results/noise.json. Relative errors are fractions
+(estimate / reference - 1). Real data is read from ../shared/data (or
+$AMBIENT_MED_SHARED_DATA); those sections are skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from _mri_fixtures import multicoil_kspace  # noqa: E402
+
+from ambient_med import noise  # noqa: E402
+from ambient_med.io import open_source, read_cfl  # noqa: E402
+from ambient_med.mri import coil_combine, espirit_maps, ifftc, whiten, whitening_matrix  # noqa: E402
+
+DIPY_PIESNO = 0.010749
+
+
+def synthetic(n=256, coils=8, snrs=(5, 10, 15, 20, 25, 30, 35, 40), fraction=0.125):
+    out = {}
+    for snr in snrs:
+        k, _, nz, cov, _ = multicoil_kspace(n=n, coils=coils, snr_db=snr, seed=snr)
+        est = noise.from_kspace(k, fraction=fraction)
+        true = np.sqrt(np.real(np.diag(cov)))
+        W = whitening_matrix(est.covariance, est.sigma)
+        M = W @ cov @ W.conj().T / est.sigma**2
+        kw = whiten(k, W)
+        sigma_k = noise.from_kspace(kw, fraction=fraction).sigma
+        maps = espirit_maps(kw)
+        support = np.sum(np.abs(maps) ** 2, axis=0) > 0.5
+        cn = coil_combine(ifftc(whiten(nz, W)), maps)[support]
+        out[f"snr_{snr}dB"] = {
+            "kspace_corner_mad_rel_error": est.sigma / np.sqrt(np.mean(true**2)) - 1,
+            "kspace_corner_mad_max_abs_coil_rel_error": float(np.max(np.abs(est.details["sigma_per_coil"] / true - 1))),
+            "kspace_corner_mad_uncertainty": est.uncertainty,
+            "whitening_max_abs_std_error": float(np.max(np.abs(np.sqrt(np.real(np.diag(M))) - 1))),
+            "whitening_max_abs_offdiag": float(np.max(np.abs(M - np.diag(np.diag(M))))),
+            "espirit_combined_image_std_rel_error_vs_kspace": float(
+                np.std(np.concatenate([cn.real, cn.imag])) / sigma_k - 1),
+        }
+    return {f"synthetic_8coil_{n}_kspace_corner_fraction_{fraction}": out}
+
+
+def _pooled_std(v):
+    v = v - v.mean()
+    return float(np.std(np.concatenate([v.real, v.imag])))
+
+
+def espirit_brain(data: Path):
+    k = open_source(data / "mri" / "espirit_brain_8coil" / "full.cfl").read(0)
+    est = noise.from_kspace(k)
+    coil_img = ifftc(k)
+    rss = np.sqrt(np.sum(np.abs(coil_img) ** 2, axis=0))
+    bg = ndimage.uniform_filter(rss, 9) < 2 * est.sigma * np.sqrt(2 * k.shape[0])
+    bg = ndimage.binary_erosion(bg, iterations=4)
+    img_std = np.array([_pooled_std(c[bg]) for c in coil_img])
+    rel = est.details["sigma_per_coil"] / img_std - 1
+    kw = whiten(k, whitening_matrix(est.covariance))
+    sigma_w = noise.from_kspace(kw).sigma
+    comb = coil_combine(ifftc(kw), espirit_maps(kw, crop=0))
+    return {"espirit_brain_8coil_full": {
+        "kspace_corner_mad_sigma": est.sigma,
+        "kspace_corner_mad_sigma_per_coil": est.details["sigma_per_coil"].tolist(),
+        "kspace_corner_mad_uncertainty": est.uncertainty,
+        "image_background_std_per_coil": img_std.tolist(),
+        "kspace_corner_mad_vs_image_background_rel_error_per_coil": rel.tolist(),
+        "kspace_corner_mad_vs_image_background_max_abs_rel_error": float(np.max(np.abs(rel))),
+        "espirit_combined_background_std_rel_error_vs_whitened_kspace": _pooled_std(comb[bg]) / sigma_w - 1,
+        "background_fraction": float(bg.mean()),
+        "max_coil_correlation": float(np.max(est.details["correlation"] - np.eye(k.shape[0]))),
+    }}
+
+
+def bart_noise(data: Path):
+    n = np.asarray(read_cfl(data / "mri" / "bart_noise16" / "noise")).reshape(256, 16).T
+    est = noise.from_noise_scan(n)
+    off = ~np.eye(16, dtype=bool)
+    W = whitening_matrix(est.covariance, 1.0)
+    c_in = noise.from_noise_scan(whiten(n, W)).covariance
+    W1 = whitening_matrix(noise.from_noise_scan(n[:, ::2]).covariance, 1.0)
+    e2 = noise.from_noise_scan(whiten(n[:, 1::2], W1))
+    raw = noise.from_noise_scan(n[:, 1::2]).details["correlation"]
+    mad = np.array([noise.mad_sigma(np.concatenate([c.real, c.imag])) for c in n])
+    return {"bart_noise16": {
+        "noise_scan_sigma": est.sigma,
+        "noise_scan_uncertainty": est.uncertainty,
+        "max_coil_correlation": float(est.details["correlation"][off].max()),
+        "mean_coil_correlation": float(est.details["correlation"][off].mean()),
+        "whitened_in_sample_max_abs_error_vs_identity": float(np.max(np.abs(c_in - np.eye(16)))),
+        "whitened_out_of_sample_max_correlation": float(e2.details["correlation"][off].max()),
+        "whitened_out_of_sample_mean_correlation": float(e2.details["correlation"][off].mean()),
+        "raw_out_of_sample_max_correlation": float(raw[off].max()),
+        "white_noise_expected_mean_abs_correlation_128": float(np.sqrt(np.pi / (4 * 128))),
+        "whitened_out_of_sample_mean_variance": float(np.mean(np.real(np.diag(e2.covariance)))),
+        "wishart_expected_mean_variance": 128 / 112,
+        "mad_vs_sample_std_max_abs_rel_error_per_coil": float(np.max(np.abs(mad / est.details["sigma_per_coil"] - 1))),
+    }}
+
+
+def piesno(data: Path):
+    import nibabel as nib
+
+    d = nib.load(data / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz").get_fdata()
+    k14 = noise.from_magnitude(d, n_coils=8, measurements_axis=-1)
+    k1 = noise.from_magnitude(d, n_coils=8)
+    return {"test_piesno": {
+        "dipy_reference_sigma": DIPY_PIESNO,
+        "piesno_K14_sigma": k14.sigma, "piesno_K14_rel_error_vs_dipy": k14.sigma / DIPY_PIESNO - 1,
+        "piesno_K14_uncertainty": k14.uncertainty,
+        "piesno_K1_sigma": k1.sigma, "piesno_K1_rel_error_vs_dipy": k1.sigma / DIPY_PIESNO - 1,
+        "piesno_K1_uncertainty": k1.uncertainty,
+    }}
+
+
+def bart_brain(data: Path):
+    k = open_source(data / "mri" / "bart_brain_8coil" / "ksp.cfl").read(0)
+    est = noise.from_kspace(k)
+    scaled = noise.from_kspace(k / np.float32(1e10))
+    return {"bart_brain_8coil_ksp": {
+        "kspace_corner_mad_sigma": est.sigma, "kspace_corner_mad_uncertainty": est.uncertainty,
+        "nonzero_corner_samples": est.details["n_samples"],
+        "rescaled_1e-10_rel_error": scaled.sigma * 1e10 / est.sigma - 1,
+    }}
+
+
+def main():
+    t0 = time.time()
+    results = synthetic(n=256, fraction=0.125)  # the defaults used by the pipeline
+    results.update(synthetic(n=320, fraction=0.2))  # the settings of tests/test_noise.py
+    env = os.environ.get("AMBIENT_MED_SHARED_DATA")
+    data = Path(env) if env else ROOT.parent / "shared" / "data"
+    if (data / "mri").is_dir():
+        for f in (espirit_brain, bart_noise, piesno, bart_brain):
+            results.update(f(data))
+    else:
+        print(f"real data not found at {data}; real-data sections skipped")
+    results["runtime_s"] = time.time() - t0
+    for name, block in results.items():
+        if not isinstance(block, dict):
+            continue
+        print(f"\n== {name}")
+        for key, val in block.items():
+            if isinstance(val, dict):
+                print(f"  {key}: " + ", ".join(f"{k}={v:+.4f}" for k, v in val.items()))
+            elif isinstance(val, list):
+                print(f"  {key}: [" + ", ".join(f"{v:.4g}" for v in val) + "]")
+            else:
+                print(f"  {key}: {val:.6g}")
+    out = ROOT / "benchmarks" / "results" / "noise.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
