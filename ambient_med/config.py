@@ -41,7 +41,7 @@ class DataConfig:
     text, so that a protocol cannot claim a pipeline the package does not have)."""
 
     reader: str = "auto"              # auto | fastmri | nifti | numpy | cfl | tiff
-    kind: str = "auto"                # auto | kspace | complex | magnitude | intensity
+    kind: str = "auto"                # training images: auto | complex | magnitude | intensity
     spatial_dims: int = 2
     patch_size: Union[list[int], None] = None
     coil_maps: bool = True
@@ -54,7 +54,7 @@ class DataConfig:
 
     def __post_init__(self):
         readers = ("auto", "fastmri", "nifti", "numpy", "cfl", "tiff")
-        kinds = ("auto", "kspace", "complex", "magnitude", "intensity")
+        kinds = ("auto", "complex", "magnitude", "intensity")
         if self.reader not in readers:
             raise ValueError(f"reader must be one of {readers}, got {self.reader!r}")
         if self.kind not in kinds:

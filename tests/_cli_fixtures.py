@@ -28,7 +28,7 @@ def tiny_protocol(folder: Path, name: str = "tiny", **sections) -> Path:
     p = {
         "name": name,
         "description": "test protocol",
-        "data": {"reader": "fastmri", "kind": "kspace", "spatial_dims": 2, "coil_maps": True,
+        "data": {"reader": "fastmri", "kind": "complex", "spatial_dims": 2, "coil_maps": True,
                  "sigma_n": "auto", "num_workers": 0},
         "network": {"features": [8, 16], "attention_levels": [False, False],
                     "num_res_blocks": 1, "norm_num_groups": 4, "num_head_channels": 8},
