@@ -206,7 +206,9 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fa
             sigma_n = saved["sigma_n_data"]
     else:
         proto = load_protocol(protocol)
-    proto = apply_overrides(proto, {"train": {"steps": steps, "batch_size": batch_size},
+    proto = apply_overrides(proto, {"train": {"steps": steps, "batch_size": batch_size,
+                                              "num_workers": min(proto.train.num_workers,
+                                                                 os.cpu_count() or 1)},
                                     "data": {"sigma_n": sigma_n}})
     dataset, info = load_data(list(data), proto, proto.data.sigma_n, cache_dir=out / "cache")
     if len(dataset) == 0:
