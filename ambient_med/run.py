@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 
 from .checkpoint import list_checkpoints
 from .config import Protocol, apply_overrides, load_protocol, load_resolved, save_resolved
@@ -153,6 +154,7 @@ def write_prior(model: EDMDenoiser, info, protocol: Protocol, result: TrainResul
         training={"image_shape": list(info.shape), "steps": result.step, "protocol": protocol.name,
                   "objective": protocol.loss.objective, "noise_method": info.noise_method,
                   "noise_uncertainty": float(info.noise_uncertainty), "files": len(info.files),
+                  "items": getattr(info, "n_items", None),
                   "final_loss": result.history[-1]["loss"] if result.history else None})
     return AmbientPrior(model, meta).save(path, overwrite=True)
 
@@ -200,7 +202,7 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fa
 
     if resume:
         proto = load_resolved(out / "config.yaml")
-        saved = (__import__("yaml").safe_load((out / "config.yaml").read_text()) or {}).get(
+        saved = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get(
             "resolved_from_data", {})
         if sigma_n is None and "sigma_n_data" in saved:  # the same sigma_n as the first run
             sigma_n = saved["sigma_n_data"]

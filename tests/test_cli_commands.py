@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from ambient_med.networks import count_parameters
