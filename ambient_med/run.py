@@ -131,6 +131,25 @@ def check_fit(protocol: Protocol, info) -> None:
         raise ConfigError("--steps and --batch-size must be at least 1")
 
 
+def probe_first_item(dataset, info) -> None:
+    """Run the whole preprocessing on one item before training, so that a protocol that does
+    not fit the data fails here with one line instead of inside a DataLoader worker."""
+    try:
+        item = dataset[0]
+    except AmbientMedError:
+        raise
+    except (RuntimeError, ValueError, IndexError) as e:
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        raise DataError(None, f"preprocessing the first item failed ({str(root).splitlines()[0]}); "
+                              "check data.patch_size and the protocol against the data") from None
+    got = tuple(item["image"].shape)
+    if got != (info.channels, *info.shape):
+        raise DataError(None, f"items have shape {list(got)}, expected "
+                              f"{[info.channels, *info.shape]}; check data.patch_size")
+
+
 def build_model(protocol: Protocol, info) -> tuple[EDMDenoiser, LossConfig]:
     net = asdict(protocol.network)
     net.update(spatial_dims=info.spatial_dims, channels=info.channels, sigma_data=info.sigma_data)
@@ -216,6 +235,7 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fa
     if len(dataset) == 0:
         raise DataError(None, "the dataset is empty")
     check_fit(proto, info)
+    probe_first_item(dataset, info)
     if len(dataset) < proto.train.batch_size * world:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one batch "
                           f"({proto.train.batch_size} x {world} processes); lower --batch-size")

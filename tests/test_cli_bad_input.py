@@ -141,6 +141,13 @@ def test_image_size_not_divisible(env):
     assert_user_error(r, "[18, 18]", "divisible by 4")
 
 
+def test_patch_larger_than_images(env):
+    proto = tiny_protocol(env["tmp"], name="big_patch", data={"patch_size": [64, 64]})
+    r = cli("train", "--data", env["data"], "--out", env["tmp"] / "o_patch", "--protocol", proto,
+            "--sigma-n", "0.05", "--no-progress")
+    assert_user_error(r, "first item", "patch_size")
+
+
 def test_unknown_protocol_key_and_name(env):
     proto = tiny_protocol(env["tmp"], name="typo", loss={"objectve": "ambient"})
     r = cli("train", "--data", env["data"], "--out", env["tmp"] / "o_typo", "--protocol", proto)
