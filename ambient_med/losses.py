@@ -161,20 +161,40 @@ class LossOutput:
     parts: dict = field(default_factory=dict)
 
 
-def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, cfg: LossConfig,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+@dataclass
+class Term:
+    """One loss term prepared for a (shared) network call: inputs ``x`` at levels ``sigma`` and
+    ``finish(D(x, sigma))`` giving the per-sample loss. Terms of one step are evaluated in a
+    single batched call, which costs far less than one call per term on a GPU (launch-bound
+    small networks) and gives DDP one forward per backward."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    finish: Callable[[torch.Tensor], torch.Tensor]
+
+
+def evaluate_terms(denoiser: Denoiser, terms: list[Term]) -> list[torch.Tensor]:
+    """Run ``denoiser`` once on the concatenated inputs of ``terms``; return each term's loss."""
+    out = denoiser(torch.cat([t.x for t in terms]), torch.cat([t.sigma for t in terms]))
+    chunks = out.split([t.x.shape[0] for t in terms])
+    return [t.finish(c) for t, c in zip(terms, chunks)]
+
+
+def _per_sample(w: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    return (append_dims(w, sq.ndim) * sq).flatten(1).mean(1)
+
+
+def dsm_term(x0: torch.Tensor, cfg: LossConfig, generator=None) -> Term:
     """Denoising score matching (``clean`` and ``naive``): ``lambda(s) ||D(x0 + s z, s) - x0||^2``."""
     n = x0.shape[0]
     sigma = sample_sigma_truncated(n, cfg.p_mean, cfg.p_std, 0.0, cfg.sigma_max,
                                    generator=generator, device=x0.device)
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_s = x0 + append_dims(sigma, x0.ndim) * z
-    w = append_dims(edm_weight(sigma, cfg.sigma_data), x0.ndim)
-    return (w * (denoiser(x_s, sigma) - x0) ** 2).flatten(1).mean(1)
+    return Term(x_s, sigma, lambda d: _per_sample(edm_weight(sigma, cfg.sigma_data), (d - x0) ** 2))
 
 
-def ambient_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def ambient_term(y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig, generator=None) -> Term:
     """Ambient-Tweedie term, per sample:
     ``w(s) || r x_s + (1 - r) D(x_s, s) - y ||^2`` with ``s`` drawn on ``(sigma_n, sigma_max]``.
 
@@ -185,10 +205,10 @@ def ambient_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg
                                    generator=generator, device=y.device)
     eta = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     x_s = renoise(y, sigma, sigma_n, eta)
-    pred = tweedie_noisy_mean(x_s, denoiser(x_s, sigma), sigma, sigma_n)
     one_minus_r = 1 - sigma_n**2 / sigma**2
     w = edm_weight(sigma, cfg.sigma_data) / one_minus_r.square().clamp_min(cfg.ambient_weight_floor)
-    return append_dims(w, y.ndim).mul((pred - y) ** 2).flatten(1).mean(1)
+    return Term(x_s, sigma,
+                lambda d: _per_sample(w, (tweedie_noisy_mean(x_s, d, sigma, sigma_n) - y) ** 2))
 
 
 @torch.no_grad()
@@ -206,8 +226,8 @@ def reverse_chain(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor,
     return x
 
 
-def consistency_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
+                     cfg: LossConfig, generator=None) -> Term:
     """Consistency term below ``sigma_n`` (martingale property of exact denoisers:
     ``E[x0 | x_s] = E[ E[x0 | x_u] | x_s ]`` for ``u < s``), per sample.
 
@@ -220,34 +240,60 @@ def consistency_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
     from two independent chains started at ``y``.
 
     The higher-noise side is held fixed (no gradient), so what the exact ``sigma >= sigma_n``
-    denoisers know flows downward; letting gradients reach it diverged in our trials.
+    denoisers know flows downward; letting gradients reach it diverged in trials (DESIGN s. 4).
     The weight is EDM's ``lambda`` at the lower level, so every level counts as in the clean loss.
+    The returned term's inputs are the two lower-level draws, stacked.
     """
     n = y.shape[0]
     lo = sigma_n * cfg.consistency_min_ratio
     s = sample_sigma_loguniform(n, lo, sigma_n, generator=generator, device=y.device)
-    if cfg.consistency_variant == "pair":
-        x_s = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps, generator)
-        with torch.no_grad():
+    with torch.no_grad():
+        if cfg.consistency_variant == "pair":
+            x_s = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps, generator)
             target = denoiser(x_s, s)
-        r0, r1 = cfg.consistency_step_ratio
-        u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))
-        xi = torch.randn((2, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
-        x_u = torch.cat([ancestral_step(x_s, target, s, u, xi[0]),
-                         ancestral_step(x_s, target, s, u, xi[1])])
-        level = u
-    else:
-        with torch.no_grad():
+            r0, r1 = cfg.consistency_step_ratio
+            u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))
+            xi = torch.randn((2, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
+            x_u = torch.cat([ancestral_step(x_s, target, s, u, xi[0]),
+                             ancestral_step(x_s, target, s, u, xi[1])])
+            level = u
+        else:
             target = denoiser(y, sigma_n)
-        y2 = torch.cat([y, y])
-        x_u = reverse_chain(denoiser, y2, sigma_n.repeat(2), s.repeat(2),
-                            cfg.consistency_chain_steps, generator)
-        level = s
-    pred = denoiser(x_u, level.repeat(2))
-    p1, p2 = pred.chunk(2)
-    d1, d2 = target - p1, target - p2
-    w = append_dims(edm_weight(level, cfg.sigma_data), y.ndim)
-    return (w * d1 * d2).flatten(1).mean(1)
+            # the chains' first step reuses the target call D(y, sigma_n)
+            ratio = (s / sigma_n) ** (1.0 / cfg.consistency_chain_steps)
+            b = sigma_n * ratio
+            xi = torch.randn((2, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
+            x_u = torch.cat([ancestral_step(y, target, sigma_n, b, xi[0]),
+                             ancestral_step(y, target, sigma_n, b, xi[1])])
+            if cfg.consistency_chain_steps > 1:
+                x_u = reverse_chain(denoiser, x_u, b.repeat(2), s.repeat(2),
+                                    cfg.consistency_chain_steps - 1, generator)
+            level = s
+    w = edm_weight(level, cfg.sigma_data)
+
+    def finish(pred):
+        p1, p2 = pred.chunk(2)
+        return _per_sample(w, (target - p1) * (target - p2))
+
+    return Term(x_u, level.repeat(2), finish)
+
+
+def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, cfg: LossConfig,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample denoising score matching loss (one network call)."""
+    return evaluate_terms(denoiser, [dsm_term(x0, cfg, generator)])[0]
+
+
+def ambient_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample ambient-Tweedie loss (see ``ambient_term``)."""
+    return evaluate_terms(denoiser, [ambient_term(y, sigma_n, cfg, generator)])[0]
+
+
+def consistency_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample consistency loss (see ``consistency_term``)."""
+    return evaluate_terms(denoiser, [consistency_term(denoiser, y, sigma_n, cfg, generator)])[0]
 
 
 def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tensor,
@@ -255,26 +301,27 @@ def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tenso
                    generator: torch.Generator | None = None) -> LossOutput:
     """The loss of ``cfg.objective`` on one batch; ``progress`` in [0, 1] is the training fraction
     done (the consistency term starts at ``cfg.consistency_start``). ``clean`` is only used by the
-    ``clean`` oracle (benchmarks); real users never have it."""
+    ``clean`` oracle (benchmarks); real users never have it. All terms share one network call
+    with gradient; the consistency term adds no-grad calls on a ``consistency_fraction`` share."""
     sigma_n = torch.as_tensor(sigma_n, dtype=batch.dtype, device=batch.device).expand(batch.shape[0])
-    if cfg.objective == "clean":
-        if clean is None:
+    if cfg.objective in ("clean", "naive"):
+        if cfg.objective == "clean" and clean is None:
             raise ValueError("the 'clean' objective needs clean data")
-        loss = diffusion_loss(denoiser, clean, cfg, generator).mean()
-        return LossOutput(loss, {"dsm": loss.detach()})
-    if cfg.objective == "naive":
-        loss = diffusion_loss(denoiser, batch, cfg, generator).mean()
+        x0 = clean if cfg.objective == "clean" else batch
+        loss = diffusion_loss(denoiser, x0, cfg, generator).mean()
         return LossOutput(loss, {"dsm": loss.detach()})
 
-    amb = ambient_loss(denoiser, batch, sigma_n, cfg, generator).mean()
-    parts = {"ambient": amb.detach()}
-    loss = amb
+    terms = [ambient_term(batch, sigma_n, cfg, generator)]
     if cfg.objective == "ambient+consistency" and progress >= cfg.consistency_start:
-        noisy = sigma_n > 0
-        k = int(round(cfg.consistency_fraction * batch.shape[0]))
-        idx = noisy.nonzero().flatten()[:max(k, 1)]
+        k = max(int(round(cfg.consistency_fraction * batch.shape[0])), 1)
+        idx = (sigma_n > 0).nonzero().flatten()[:k]  # clean samples (sigma_n = 0) need no term
         if idx.numel() > 0:
-            cons = consistency_loss(denoiser, batch[idx], sigma_n[idx], cfg, generator).mean()
-            parts["consistency"] = cons.detach()
-            loss = loss + cfg.consistency_weight * cons
+            terms.append(consistency_term(denoiser, batch[idx], sigma_n[idx], cfg, generator))
+    losses = evaluate_terms(denoiser, terms)
+    amb = losses[0].mean()
+    parts, loss = {"ambient": amb.detach()}, amb
+    if len(losses) > 1:
+        cons = losses[1].mean()
+        parts["consistency"] = cons.detach()
+        loss = loss + cfg.consistency_weight * cons
     return LossOutput(loss, parts)
