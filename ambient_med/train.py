@@ -264,6 +264,11 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
                 if callback is not None:
                     callback(step, row)
                 t_log, n_log, acc, t_data = time.perf_counter(), 0, {}, 0.0
+            if world > 1:  # a signal may reach one rank only, or the ranks at different
+                # steps: agree on stopping, or the others wait forever in the next collective
+                flag = torch.tensor([float(stop.stop)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stop.stop = bool(flag.item())
             if step % cfg.checkpoint_every == 0 or stop.stop:
                 checkpoint()
             if stop.stop:

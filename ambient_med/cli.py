@@ -1,0 +1,193 @@
+"""``ambient-med``: the command line. Thin: parse options, call library functions, print.
+
+Exit codes: 0 success; 2 a user error (bad file, option, protocol, out of memory), reported as
+ONE line on stderr, never a traceback; 3 training was interrupted (Ctrl-C/SIGTERM) after saving
+a checkpoint, so that job scripts do not mistake a stopped run for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import AmbientMedError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train diffusion priors of clean images from noisy MRI and microscopy data.")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 3
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {' '.join(str(msg).split())}", err=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn every foreseeable failure into one line on stderr and exit code 2."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except AmbientMedError as e:
+        _fail(str(e))
+    except FileExistsError as e:
+        _fail(f"{e}; pass --overwrite to replace it")
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _fail(f"{where}{e.strerror or e}")
+    except (RuntimeError, MemoryError) as e:
+        if _is_oom(e):
+            _fail("out of memory: lower --batch-size or data.patch_size, or use a smaller "
+                  f"network ({str(e).splitlines()[0][:120]})")
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+
+
+# ------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    data: List[str] = typer.Option(..., "--data", "-d", help="Files, folders or glob patterns (repeatable)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, checkpoints, prior)."),
+    sigma_n: Optional[str] = typer.Option(None, "--sigma-n", help="'auto' or the noise std per real channel in data units (0 = clean). Default: the protocol's."),
+    protocol: str = typer.Option("fastmri-knee-multicoil", "--protocol", "-p", help="Packaged protocol name or YAML file."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides the protocol)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per process."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing --out and start again."),
+    previews: Optional[int] = typer.Option(None, "--previews", help="Number of preview samples (0 = none)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Learn a clean-image prior from noisy data; writes OUT/prior.safetensors."""
+    from .config import parse_sigma_n
+    from .progress import TrainProgress
+    from .run import run_training
+
+    with user_errors():
+        sn = None if sigma_n is None else parse_sigma_n(sigma_n)
+        bar = TrainProgress(enabled=progress)
+        try:
+            res = run_training(data, out, protocol=protocol, sigma_n=sn, steps=steps,
+                               batch_size=batch_size, device=device, resume=resume,
+                               overwrite=overwrite, previews=previews, on_start=bar.start,
+                               callback=bar.update)
+        finally:
+            bar.stop()
+        import torch.distributed as dist
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if rank == 0:
+            if res.interrupted:
+                typer.echo(f"interrupted at step {res.step}: checkpoint saved in {out}/checkpoints; "
+                           f"continue with --resume", err=True)
+            else:
+                typer.echo(f"prior: {res.prior_path}")
+                if res.preview_path:
+                    typer.echo(f"previews: {res.preview_path}")
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if res.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+# ----------------------------------------------------------------------------- estimate-noise
+@app.command("estimate-noise")
+def estimate_noise(
+    data: List[str] = typer.Argument(..., help="Files, folders or glob patterns."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
+):
+    """Estimate sigma_n (std per real channel, data units) of each file and say how."""
+    from .io.discover import discover
+    from .noise import estimate_noise_file
+
+    with user_errors():
+        for path in discover(data):
+            est = estimate_noise_file(path)
+            if as_json:
+                typer.echo(json.dumps({"file": str(path), "sigma": est.sigma, "method": est.method,
+                                       "uncertainty": est.uncertainty}))
+            else:
+                typer.echo(f"{path}: sigma_n = {est.sigma:.6g} (+/- {100 * est.uncertainty:.1f}%, "
+                           f"{est.method})")
+
+
+# ------------------------------------------------------------------------------------ sample
+@app.command()
+def sample(
+    prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: X.png, X.npy, or X (writes both)."),
+    n: int = typer.Option(8, "--n", min=1, help="Number of samples."),
+    steps: int = typer.Option(32, "--steps", min=1, help="Sampler steps."),
+    mode: str = typer.Option("full", "--mode", help="full | truncated (stop at sigma_n)."),
+    sampler: str = typer.Option("heun", "--sampler", help="heun | ancestral"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+):
+    """Draw samples of the clean distribution; .npy holds them in data units."""
+    from .prior_tools import write_samples
+
+    with user_errors():
+        for p in write_samples(prior, out, n=n, steps=steps, mode=mode, sampler=sampler, seed=seed,
+                               device=device, overwrite=overwrite):
+            typer.echo(f"wrote {p}")
+
+
+# -------------------------------------------------------------------------------------- info
+@app.command()
+def info(prior: Path = typer.Argument(..., help="A prior.safetensors file (or its run folder)."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Describe a prior file: data kind, noise levels, scale, network, parameter count."""
+    from .prior_tools import describe_prior
+
+    with user_errors():
+        d = describe_prior(prior)
+        if as_json:
+            typer.echo(json.dumps(d, indent=2, default=str))
+            return
+        for k, v in d.items():
+            typer.echo(f"{k:>16}: {v}")
+
+
+# -------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(out: Path = typer.Option(Path("ambient-med-demo"), "--out", "-o", help="Demo folder."),
+         steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the demo protocol's)."),
+         device: str = typer.Option("auto", "--device"),
+         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing demo folder.")):
+    """Phantoms with known noise -> estimate sigma_n -> train -> report (PNG + table)."""
+    from .demo import run_demo
+
+    with user_errors():
+        t0 = time.perf_counter()
+        report = run_demo(out, steps=steps, device=device, overwrite=overwrite,
+                          log=lambda m: typer.echo(m, err=True))
+        typer.echo(report["table"])
+        typer.echo(f"report: {report['markdown']}  figure: {report['figure']}  "
+                   f"({time.perf_counter() - t0:.0f} s)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""A rich progress bar for training: loss, steps per second and time left.
+
+Training reports metrics every ``log_every`` steps, so the bar moves in those increments. The
+bar goes to stderr; the one-line dataset summary to stdout, so that stderr holds nothing but
+the bar and, on failure, the one-line error."""
+
+from __future__ import annotations
+
+
+class TrainProgress:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._progress = None
+        self._task = None
+
+    def start(self, protocol, info, start_step: int) -> None:
+        import sys
+
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        console = Console(stderr=True)
+        Console(highlight=False).print(f"[bold]{protocol.name}[/]: {len(info.files)} file(s), {info.kind} "
+                      f"{list(info.shape)} x {info.channels} ch; sigma_n = {info.sigma_n_data:.4g} "
+                      f"(data) = {info.sigma_n_model:.4g} (model), {info.noise_method}"
+                      + (f" +/- {100 * info.noise_uncertainty:.1f}%" if info.noise_uncertainty else ""))
+        if not self.enabled:
+            return
+        self._progress = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.2f} steps/s"),
+            TimeRemainingColumn(), console=console, transient=not sys.stderr.isatty())
+        self._task = self._progress.add_task("train", total=protocol.train.steps,
+                                             completed=start_step, loss=float("nan"), rate=0.0)
+        self._progress.start()
+
+    def update(self, step: int, row: dict) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, loss=row.get("loss", float("nan")),
+                                  rate=row.get("steps_per_sec", 0.0))
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
