@@ -175,6 +175,9 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = _dist()
     model = model.to(device)
+    if world > 1:  # rank 0's initial weights everywhere before the EMA copy is taken
+        for t in model.state_dict().values():
+            torch.distributed.broadcast(t, 0)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
                             weight_decay=cfg.weight_decay)
