@@ -265,6 +265,9 @@ class RandPatch(Randomizable, Transform):
         if len(self.patch_size) != x.ndim - 1:
             raise ValueError(f"patch {self.patch_size} does not fit an item of shape {tuple(x.shape)}")
         pad = [max(p - n, 0) for n, p in zip(x.shape[1:], self.patch_size)]
+        if any(q // 2 + q % 2 >= n for q, n in zip(pad, x.shape[1:]) if q):
+            raise ValueError(f"patch {self.patch_size} is more than twice the image size "
+                             f"{tuple(x.shape[1:])}: choose a smaller patch_size")
         if any(pad):
             t = torch.as_tensor(x)
             widths = [w for q in reversed(pad) for w in (q // 2, q - q // 2)]
