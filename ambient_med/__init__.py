@@ -10,3 +10,13 @@ Where things live:
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["AmbientPrior", "__version__"]
+
+
+def __getattr__(name):  # lazy, so that `import ambient_med` (and the CLI's --help) stays fast
+    if name == "AmbientPrior":
+        from .prior import AmbientPrior
+
+        return AmbientPrior
+    raise AttributeError(f"module 'ambient_med' has no attribute {name!r}")
