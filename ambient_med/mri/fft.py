@@ -32,23 +32,21 @@ def _complex_like(x: np.ndarray) -> np.dtype:
     return np.complex64 if x.dtype in (np.float32, np.complex64) else np.complex128
 
 
-def fftc(x: Array, axes: int | Sequence[int] | None = (-2, -1)) -> Array:
-    """Centred orthonormal forward FFT of ``x`` over ``axes`` (default: the last two)."""
+def _centred(x: Array, axes, torch_fn, numpy_fn) -> Array:
     ax = _axes(x, axes)
     if isinstance(x, torch.Tensor):
         x = torch.fft.ifftshift(x, dim=ax)
-        return torch.fft.fftshift(torch.fft.fftn(x, dim=ax, norm="ortho"), dim=ax)
+        return torch.fft.fftshift(torch_fn(x, dim=ax, norm="ortho"), dim=ax)
     x = np.asarray(x)
-    out = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=ax), axes=ax, norm="ortho"), axes=ax)
+    out = np.fft.fftshift(numpy_fn(np.fft.ifftshift(x, axes=ax), axes=ax, norm="ortho"), axes=ax)
     return out.astype(_complex_like(x), copy=False)
+
+
+def fftc(x: Array, axes: int | Sequence[int] | None = (-2, -1)) -> Array:
+    """Centred orthonormal forward FFT of ``x`` over ``axes`` (default: the last two)."""
+    return _centred(x, axes, torch.fft.fftn, np.fft.fftn)
 
 
 def ifftc(k: Array, axes: int | Sequence[int] | None = (-2, -1)) -> Array:
     """Centred orthonormal inverse FFT of ``k`` over ``axes``; the adjoint and inverse of ``fftc``."""
-    ax = _axes(k, axes)
-    if isinstance(k, torch.Tensor):
-        k = torch.fft.ifftshift(k, dim=ax)
-        return torch.fft.fftshift(torch.fft.ifftn(k, dim=ax, norm="ortho"), dim=ax)
-    k = np.asarray(k)
-    out = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(k, axes=ax), axes=ax, norm="ortho"), axes=ax)
-    return out.astype(_complex_like(k), copy=False)
+    return _centred(k, axes, torch.fft.ifftn, np.fft.ifftn)
