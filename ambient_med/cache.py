@@ -54,7 +54,8 @@ class AtomicPersistentDataset(PersistentDataset):
         hashfile = self.cache_dir / f"{name}.pt"
         if hashfile.is_file():
             try:
-                return torch.load(hashfile, weights_only=self.weights_only)
+                # always weights_only: a cache folder is data, never code
+                return torch.load(hashfile, weights_only=True)
             except Exception as e:  # unreadable file: recompute and overwrite
                 warnings.warn(f"cache file {hashfile} unreadable ({e}); recomputing")
         out = self._pre_transform(deepcopy(item_transformed))
