@@ -33,7 +33,6 @@ class NetworkConfig:
     num_res_blocks: int = 1
     norm_num_groups: int = 8
     num_head_channels: int = 16
-    dropout: float = 0.0  # kept for the config schema; MONAI's UNet has no dropout for res blocks
 
     def __post_init__(self):
         self.features = tuple(int(f) for f in self.features)
@@ -77,7 +76,6 @@ class EDMDenoiser(nn.Module):
         from monai.networks.nets import DiffusionModelUNet
 
         self.config = config
-        n = len(config.features)
         self.unet = DiffusionModelUNet(
             spatial_dims=config.spatial_dims,
             in_channels=config.channels,
@@ -88,7 +86,6 @@ class EDMDenoiser(nn.Module):
             norm_num_groups=config.norm_num_groups,
             num_head_channels=config.num_head_channels,
         )
-        assert n >= 1
         self.register_buffer("sigma_data", torch.tensor(float(config.sigma_data)))
 
     def preconditioning(self, sigma: torch.Tensor):
