@@ -36,6 +36,18 @@ def _spatial_axes(x) -> tuple[int, ...]:
     return tuple(range(1, x.ndim))
 
 
+class _PerKey(MapTransform):
+    """Dictionary twin that applies its array transform ``self.t`` to every selected key."""
+
+    t: Transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.t(d[key])
+        return d
+
+
 class LoadSlice(Transform):
     """``(path, index)`` -> item ``index`` of the file, channel-first (C, *spatial).
 
@@ -126,18 +138,12 @@ class CompressCoils(Transform):
         return compress_coils(kspace, self.n_virtual)
 
 
-class CompressCoilsd(MapTransform):
+class CompressCoilsd(_PerKey):
     """Dictionary twin of :class:`CompressCoils`."""
 
     def __init__(self, keys: KeysCollection = "image", n_virtual: int = 8, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.t = CompressCoils(n_virtual)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 class EstimateCoilMaps(Transform):
@@ -205,18 +211,12 @@ class ComplexToChannels(Transform):
         return x.to(torch.float32).contiguous()
 
 
-class ComplexToChannelsd(MapTransform):
+class ComplexToChannelsd(_PerKey):
     """Dictionary twin of :class:`ComplexToChannels`."""
 
     def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.t = ComplexToChannels()
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 class ScaleWithNoise(Transform):
@@ -231,7 +231,7 @@ class ScaleWithNoise(Transform):
         return x / self.scale
 
 
-class ScaleWithNoised(MapTransform):
+class ScaleWithNoised(_PerKey):
     """Divide ``d[key]`` and ``d[sigma_key]`` by ``s`` and record ``d["scale"] = s``, so that
     ``sigma_n`` stays the noise std of the image it travels with."""
 
@@ -241,9 +241,7 @@ class ScaleWithNoised(MapTransform):
         self.t, self.sigma_key = ScaleWithNoise(scale), sigma_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
+        d = super().__call__(data)
         if d.get(self.sigma_key) is not None:
             d[self.sigma_key] = float(d[self.sigma_key]) / self.t.scale
         d["scale"] = float(d.get("scale", 1.0)) * self.t.scale
