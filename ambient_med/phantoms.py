@@ -53,13 +53,20 @@ def birdcage_maps(n: int, coils: int) -> np.ndarray:
     return (maps / np.sqrt(np.sum(np.abs(maps) ** 2, axis=0, keepdims=True))).astype(np.complex64)
 
 
-def ismrmrd_header(kx: int, ky: int) -> str:
+def ismrmrd_header(kx: int, ky: int, recon: tuple[int, int] | None = None,
+                   encoded_fov_mm: tuple[float, float, float] = (200, 200, 3),
+                   recon_fov_mm: tuple[float, float, float] | None = None) -> str:
+    """The ISMRMRD XML header of a fastMRI file: encoded matrix ``(kx, ky)`` and the recon matrix
+    (default: the same, i.e. no readout oversampling to crop)."""
+    rx, ry = recon if recon is not None else (kx, ky)
+    ex, ey, ez = encoded_fov_mm
+    fx, fy, fz = recon_fov_mm if recon_fov_mm is not None else encoded_fov_mm
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
 <encodedSpace><matrixSize><x>{kx}</x><y>{ky}</y><z>1</z></matrixSize>
-<fieldOfView_mm><x>200</x><y>200</y><z>3</z></fieldOfView_mm></encodedSpace>
-<reconSpace><matrixSize><x>{kx}</x><y>{ky}</y><z>1</z></matrixSize>
-<fieldOfView_mm><x>200</x><y>200</y><z>3</z></fieldOfView_mm></reconSpace>
+<fieldOfView_mm><x>{ex}</x><y>{ey}</y><z>{ez}</z></fieldOfView_mm></encodedSpace>
+<reconSpace><matrixSize><x>{rx}</x><y>{ry}</y><z>1</z></matrixSize>
+<fieldOfView_mm><x>{fx}</x><y>{fy}</y><z>{fz}</z></fieldOfView_mm></reconSpace>
 </encoding></ismrmrdHeader>"""
 
 

@@ -52,7 +52,7 @@ def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps:
                   overwrite: bool = False) -> list[Path]:
     from .images import save_grid, to_display
     from .mri.complex import channels_to_complex
-    from .run import resolve_device
+    from .utils import resolve_device
 
     if mode not in ("full", "truncated"):
         raise ConfigError(f"--mode must be 'full' or 'truncated', got {mode!r}")

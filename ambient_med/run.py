@@ -32,22 +32,7 @@ from .losses import LossConfig
 from .networks import EDMDenoiser, NetworkConfig, count_parameters
 from .prior import AmbientPrior, PriorMetadata
 from .train import TrainResult, train
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; asking for CUDA without it is a user error."""
-    name = str(name).lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda requested but CUDA is not available on this machine "
-                              "(use --device cpu or auto)")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    elif name != "cpu":
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+from .utils import resolve_device
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

@@ -22,8 +22,20 @@ def as_sigma(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return s.reshape(x.shape[0])
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``: ``auto`` picks CUDA when available; plain ``cuda``
+    takes the GPU of this ``local_rank``. Asking for CUDA without it is a user error."""
+    from .errors import ConfigError
+
+    name = "auto" if name is None else str(name).lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda requested but CUDA is not available on this machine "
+                              "(use --device cpu or auto)")
+        if name == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+    elif name != "cpu":
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)

@@ -33,7 +33,8 @@ import torch
 from ambient_med.config import DEFAULT_PROTOCOL, load_protocol
 from ambient_med.losses import OBJECTIVES
 from ambient_med.phantoms import make_phantom_dataset
-from ambient_med.run import build_model, load_data, resolve_device
+from ambient_med.run import build_model, load_data
+from ambient_med.utils import resolve_device
 from ambient_med.train import train
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"

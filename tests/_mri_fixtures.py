@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ambient_med.mri.fft import fftc
+from ambient_med.phantoms import ismrmrd_header
 
 
 def shared_data() -> Path:
@@ -90,13 +91,8 @@ def write_fastmri(path: Path, slices=20, coils=15, kx=640, ky=368, recon=(320, 3
     phantom filling the central half of the 2x-oversampled readout FOV, smooth coil maps,
     white noise of std ``sigma`` per real channel (``sigma=0``: noise-free)."""
     rng = np.random.default_rng(seed)
-    header = f"""<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
-<encodedSpace><matrixSize><x>{kx}</x><y>{ky}</y><z>1</z></matrixSize>
-<fieldOfView_mm><x>280</x><y>140</y><z>4.5</z></fieldOfView_mm></encodedSpace>
-<reconSpace><matrixSize><x>{recon[0]}</x><y>{recon[1]}</y><z>1</z></matrixSize>
-<fieldOfView_mm><x>140</x><y>140</y><z>3</z></fieldOfView_mm></reconSpace>
-</encoding></ismrmrdHeader>"""
+    header = ismrmrd_header(kx, ky, recon, encoded_fov_mm=(280, 140, 4.5),
+                            recon_fov_mm=(140, 140, 3))
     obj = np.zeros((kx, ky), np.complex64)
     obj[kx // 4 : kx // 4 + kx // 2] = phantom((kx // 2, ky))
     base = fftc(coil_maps((kx, ky), coils) * obj)
