@@ -250,14 +250,15 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             step += 1
             _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
 
-            acc["loss"] = acc.get("loss", 0.0) + float(out.loss.detach())
-            acc["grad_norm"] = acc.get("grad_norm", 0.0) + float(gnorm)
+            # accumulate on the device: a float() per step would sync the GPU every step
+            acc["loss"] = acc.get("loss", 0.0) + out.loss.detach().double()
+            acc["grad_norm"] = acc.get("grad_norm", 0.0) + gnorm.detach().double()
             for k, v in out.parts.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
+                acc[k] = acc.get(k, 0.0) + v.double()
             n_log += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 dt = time.perf_counter() - t_log
-                row = {"step": step, **{k: v / n_log for k, v in acc.items()},
+                row = {"step": step, **{k: float(v) / n_log for k, v in acc.items()},
                        "lr": _lr(cfg, step - 1), "steps_per_sec": n_log / dt,
                        "data_share": t_data / dt, "time": time.time()}
                 history.append(row)
