@@ -228,6 +228,7 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
     stop = _StopFlag(handle_signals)
     history, t_log, n_log, acc = [], time.perf_counter(), 0, {}
     t_data = 0.0
+    stopping = False
     last = stop_after if stop_after is not None else cfg.steps
     try:
         it = iter(loader)
@@ -268,19 +269,22 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
                 if callback is not None:
                     callback(step, row)
                 t_log, n_log, acc, t_data = time.perf_counter(), 0, {}, 0.0
+            # Decide from one snapshot of the flag: a signal landing after it is read must not
+            # send this rank into a checkpoint collective that the other ranks skip.
+            stopping = stop.stop
             if world > 1:  # a signal may reach one rank only, or the ranks at different
                 # steps: agree on stopping, or the others wait forever in the next collective
-                flag = torch.tensor([float(stop.stop)], device=device)
+                flag = torch.tensor([float(stopping)], device=device)
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                stop.stop = bool(flag.item())
-            if step % cfg.checkpoint_every == 0 or stop.stop:
+                stopping = bool(flag.item())
+            if step % cfg.checkpoint_every == 0 or stopping:
                 checkpoint()
-            if stop.stop:
+            if stopping:
                 break
-        if not stop.stop and (step == cfg.steps or step == stop_after):
+        if not stopping and (step == cfg.steps or step == stop_after):
             checkpoint()
     finally:
         stop.restore()
         if metrics is not None:
             metrics.close()
-    return TrainResult(model=ema, step=step, history=history, interrupted=stop.stop)
+    return TrainResult(model=ema, step=step, history=history, interrupted=stopping)

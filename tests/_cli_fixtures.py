@@ -147,6 +147,7 @@ def ddp_worker(rank: int, world: int, port: int, data: str, protocol: str, out: 
     torch.save({"model": seen["model"].state_dict(), "ema": res.model.state_dict(),
                 "step": res.step, "world": torch.distributed.get_world_size()},
                Path(dump) / f"rank{rank}.pt")
+    torch.distributed.barrier()  # see ddp_stop_worker
     torch.distributed.destroy_process_group()
 
 
@@ -164,4 +165,6 @@ def ddp_stop_worker(rank: int, world: int, port: int, data: str, protocol: str, 
                        steps=100000, handle_signals=True, previews=0)
     Path(dump, f"stop{rank}.json").write_text(
         f'{{"step": {res.step}, "interrupted": {str(res.interrupted).lower()}}}')
+    # both ranks reach here before either tears down gloo: a peer vanishing mid-teardown can abort
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
