@@ -8,7 +8,12 @@ Reports, per sigma_n and objective:
      (= (MSE - MMSE)/MMSE by orthogonality), at s in {sigma_n/8, /4, /2, 1, 2} x sigma_n;
   2. Frechet distance of 2,000 samples to the true Gaussian, divided by that of the noisy-data
      Gaussian N(0, C + sigma_n^2 I) (naive ~ 1, perfect 0), for full and truncated sampling,
-     plus the same for exact-Wiener sampling (the finite-sample floor);
+     plus the same for exact-Wiener sampling (the finite-sample floor, `fd_floor`);
+     and `fd_spectral`, the Frechet distance in the DFT domain: the field is stationary, so its
+     covariance is diagonal in the orthonormal DFT basis, and with the samples' per-frequency
+     power P_hat_f (about their mean m) FD = ||m||^2 + sum_f (sqrt(P_hat_f) - sqrt(P_f))^2,
+     normalised by the same noisy-data distance. It estimates d numbers instead of a d x d
+     covariance, so its finite-sample floor (`fd_spectral_floor`) is far lower;
   3. the wall time of one training step relative to `clean` (same network and batch, interleaved).
 Also the radially averaged sample power per frequency band relative to the truth.
 
@@ -17,6 +22,8 @@ Training `ambient` and `ambient+consistency` shares the first `consistency_start
 
     python benchmarks/exactness.py                      # full run (GPU: ~8 min per sigma_n)
     python benchmarks/exactness.py --quick              # a CPU smoke run
+Every score is a list over seeds (`--seeds`, seed i trains on data and an initialisation drawn
+from seed `--seed + i`); floors and step-time ratios are single values.
 Writes benchmarks/results/exactness.json (all sigma_n found there), exactness.md, and per sigma_n
 exactness_sn<sigma_n>.{json,md}, exactness_details_sn<sigma_n>.json, exactness_samples_sn<sigma_n>.png.
 """
@@ -63,12 +70,18 @@ def parse():
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES,
                    help="which objectives to train (step times are always measured for all)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (scores are per-seed lists)")
+    p.add_argument("--n-test", type=int, default=4096, help="test points for the excess error")
+    p.add_argument("--timing-rounds", type=int, default=5)
+    p.add_argument("--timing-k", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     if a.quick:
         a.steps, a.n_train, a.n_samples, a.batch_size, a.sample_steps = 200, 2048, 500, 32, 16
+        a.n_test, a.timing_rounds, a.timing_k = 1024, 2, 2
     return a
 
 
@@ -115,7 +128,21 @@ def sample_scores(denoiser, field, sigma_n, truth_cov, fd_noisy, args, device, m
                          mode=mode, sigma_n=sigma_n, device=device, generator=g).cpu())
     x = torch.cat(xs)
     bands = radial_power_bands(x) / radial_power_bands(field.sample(20000))
-    return frechet_to_truth(x, truth_cov) / fd_noisy, bands.tolist(), x[:16]
+    return (frechet_to_truth(x, truth_cov) / fd_noisy, spectral_frechet(x, field) / fd_noisy,
+            bands.tolist(), x[:16])
+
+
+def spectral_frechet(x: torch.Tensor, field: GaussianField) -> float:
+    """Frechet distance between N(m, diag(P_hat)) and N(0, diag(P)) in the orthonormal DFT basis:
+    ``||m||^2 + sum_f (sqrt(P_hat_f) - sqrt(P_f))^2`` with ``P_hat_f`` the samples' power at
+    frequency ``f`` about their mean ``m`` (exact for the stationary truth, whose covariance is
+    diagonal there; the samples' off-diagonal DFT covariance is ignored)."""
+    x = x.double().cpu()
+    m = x.mean(0, keepdim=True)
+    dims = tuple(range(2, x.ndim))
+    p_hat = (torch.fft.fftn(x - m, dim=dims, norm="ortho").abs() ** 2).sum(0) / (x.shape[0] - 1)
+    p = field.power.double().expand_as(p_hat)
+    return float(m.square().sum() + (p_hat.sqrt() - p.sqrt()).square().sum())
 
 
 def time_steps(models: dict, cfgs: dict, data: TensorDataset, batch: int, device, rounds=5, k=5):
@@ -144,23 +171,25 @@ def time_steps(models: dict, cfgs: dict, data: TensorDataset, batch: int, device
     return {n: med[n] / med["clean"] for n in med}, med
 
 
-def run_sigma(sigma_n: float, args, device, tmp: Path):
+def train_seed(sigma_n: float, seed: int, args, device, tmp: Path):
+    """Train every objective (and variant) on one seed's data; returns models, seconds, histories."""
     field = GaussianField((args.size, args.size))
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(seed)
     x0 = field.sample(args.n_train, g)
     y = x0 + sigma_n * torch.randn(x0.shape, generator=g)
     data = TensorDataset(y, sigma_n, clean=x0)
     net = network_config(args.size)
     base = LossConfig(sigma_data=1.0)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup=200,
-                       log_every=max(args.steps // 20, 1), checkpoint_every=10**9, seed=args.seed)
+    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       lr_warmup=min(200, max(args.steps // 5, 1)),
+                       log_every=max(args.steps // 20, 1), checkpoint_every=10**9, seed=seed)
     cfgs = {o: replace(base, objective=o) for o in OBJECTIVES}
     for spec in args.variants:
         name, c = parse_variant(spec, cfgs["ambient+consistency"])
         cfgs[name] = c
 
     def fresh():
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         return EDMDenoiser(net)
 
     models, train_time, history = {}, {}, {}
@@ -168,44 +197,86 @@ def run_sigma(sigma_n: float, args, device, tmp: Path):
         t = time.perf_counter()
         r = train(fresh(), data, cfgs[obj], tcfg, device=device)
         models[obj], train_time[obj], history[obj] = r.model, time.perf_counter() - t, r.history
-        print(f"  trained {obj:<24s} {train_time[obj]:7.1f} s  final loss {r.history[-1]['loss']:.4f}", flush=True)
+        print(f"  seed {seed} trained {obj:<24s} {train_time[obj]:7.1f} s  final loss {r.history[-1]['loss']:.4f}", flush=True)
     # the ambient-only first part is shared by every consistency variant
     half = int(round(base.consistency_start * args.steps))
-    snap = tmp / f"snap_{sigma_n}"
+    snap = tmp / f"snap_{sigma_n}_{seed}"
     t = time.perf_counter()
-    train(fresh(), data, cfgs["ambient"], tcfg, run_dir=snap, device=device, stop_after=half)
+    if half > 0:
+        train(fresh(), data, cfgs["ambient"], tcfg, run_dir=snap, device=device, stop_after=half)
     t_half = time.perf_counter() - t
     for obj in [o for o in cfgs if o.startswith("ambient")
                 and (o in args.objectives or o not in OBJECTIVES)]:
-        run = tmp / f"{obj}_{sigma_n}".replace("[", "_").replace("]", "").replace(":", "_")
-        shutil.copytree(snap, run)
+        run = tmp / f"{obj}_{sigma_n}_{seed}".replace("[", "_").replace("]", "").replace(":", "_")
+        if half > 0:
+            shutil.copytree(snap, run)
         t = time.perf_counter()
-        r = train(fresh(), data, cfgs[obj], tcfg, run_dir=run, resume=True, device=device)
+        r = train(fresh(), data, cfgs[obj], tcfg, run_dir=run, resume=half > 0, device=device)
         models[obj], history[obj] = r.model, r.history
         train_time[obj] = t_half + time.perf_counter() - t
-        print(f"  trained {obj:<24s} {train_time[obj]:7.1f} s  final {r.history[-1]}", flush=True)
+        print(f"  seed {seed} trained {obj:<24s} {train_time[obj]:7.1f} s  final {r.history[-1]}", flush=True)
+    return models, train_time, history, cfgs, data, fresh
 
+
+def run_sigma(sigma_n: float, args, device, tmp: Path):
+    field = GaussianField((args.size, args.size))
     truth_cov = field.covariance()
     d = args.size**2
     fd_noisy = gaussian_frechet_distance(np.zeros(d), truth_cov + sigma_n**2 * np.eye(d),
                                          np.zeros(d), truth_cov)
-    fd_floor, _, _ = sample_scores(field.wiener, field, sigma_n, truth_cov, fd_noisy, args, device, "full")
-    ratios, med = time_steps({o: fresh().to(device) for o in cfgs}, cfgs, data, args.batch_size, device)
+    floor, floor_spec, floor_bands, _ = sample_scores(field.wiener, field, sigma_n, truth_cov,
+                                                      fd_noisy, args, device, "full")
+    floors = {"fd_floor": floor, "fd_spectral_floor": floor_spec, "power_bands_floor": floor_bands}
+    print(f"  floor (exact Wiener, {args.n_samples} samples): fd {floor:.4f}, spectral {floor_spec:.4f}", flush=True)
     results, extra = {}, {}
-    for obj, m in models.items():
-        m = m.to(device).eval()
-        fd_full, bands_full, pics = sample_scores(m, field, sigma_n, truth_cov, fd_noisy, args, device, "full")
-        fd_trunc, bands_trunc, _ = sample_scores(m, field, sigma_n, truth_cov, fd_noisy, args, device, "truncated")
-        results[obj] = {"excess_error": excess_errors(m, field, sigma_n, device),
-                        "fd_full": fd_full, "fd_truncated": fd_trunc,
-                        "step_time_ratio": ratios[obj]}
-        extra[obj] = {"power_bands_full": bands_full, "power_bands_truncated": bands_trunc,
-                      "train_seconds": train_time[obj], "step_seconds": med[obj],
-                      "final_metrics": history[obj][-1], "samples": pics}
-    return results, extra, fd_floor
+    for seed in range(args.seed, args.seed + args.seeds):
+        models, train_time, history, cfgs, data, fresh = train_seed(sigma_n, seed, args, device, tmp)
+        for obj, m in models.items():
+            m = m.to(device).eval()
+            args_s = replace_seed(args, seed)
+            fd_full, spec_full, bands_full, pics = sample_scores(m, field, sigma_n, truth_cov, fd_noisy,
+                                                                 args_s, device, "full")
+            fd_trunc, spec_trunc, bands_trunc, _ = sample_scores(m, field, sigma_n, truth_cov, fd_noisy,
+                                                                 args_s, device, "truncated")
+            r = results.setdefault(obj, {"excess_error": {str(x): [] for x in RATIOS}, "fd_full": [],
+                                         "fd_truncated": [], **floors, "fd_spectral_full": [],
+                                         "fd_spectral_truncated": []})
+            for key, v in excess_errors(m, field, sigma_n, device, n=args.n_test).items():
+                r["excess_error"][key].append(v)
+            r["fd_full"].append(fd_full)
+            r["fd_truncated"].append(fd_trunc)
+            r["fd_spectral_full"].append(spec_full)
+            r["fd_spectral_truncated"].append(spec_trunc)
+            e = extra.setdefault(obj, {"power_bands_full": [], "power_bands_truncated": [],
+                                       "train_seconds": [], "final_metrics": [], "samples": pics})
+            e["power_bands_full"].append(bands_full)
+            e["power_bands_truncated"].append(bands_trunc)
+            e["train_seconds"].append(train_time[obj])
+            e["final_metrics"].append(history[obj][-1])
+            print(f"  seed {seed} scored {obj:<24s} excess@1/4 {r['excess_error']['0.25'][-1]:.4f} "
+                  f"fd full {fd_full:.4f} trunc {fd_trunc:.4f} [floor {floor:.4f}] spectral full "
+                  f"{spec_full:.4f} [floor {floor_spec:.4f}] bands {np.round(bands_full, 2).tolist()}", flush=True)
+    ratios, med = time_steps({o: fresh().to(device) for o in cfgs}, cfgs, data, args.batch_size, device,
+                             rounds=args.timing_rounds, k=args.timing_k)
+    for obj in results:
+        results[obj]["step_time_ratio"] = ratios[obj]
+        extra[obj]["step_seconds"] = med[obj]
+    return results, extra, floors
 
 
-def write_report(results, extra, floor, sn, args, device):
+def replace_seed(args, seed):
+    a = argparse.Namespace(**vars(args))
+    a.seed = seed
+    return a
+
+
+def _ms(v) -> str:
+    if len(v) == 1:
+        return f"{v[0]:.3f}"
+    return f"{statistics.mean(v):.3f} ± {(max(v) - min(v)) / 2:.3f}"
+
+
+def write_report(results, extra, floors, sn, args, device):
     """Write this sigma_n's files, then merge every ``exactness_sn*.json`` in the folder into
     ``exactness.json`` / ``exactness.md`` (sigma_n values may run as separate processes)."""
     args.out.mkdir(parents=True, exist_ok=True)
@@ -213,23 +284,36 @@ def write_report(results, extra, floor, sn, args, device):
     (args.out / f"exactness_sn{sn}.json").write_text(json.dumps(main, indent=2) + "\n")
     details = {"device": str(device), "torch": torch.__version__,
                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "fd_floor_exact_wiener_sampler": floor,
+               "loss_config_defaults": {k: (list(v) if isinstance(v, tuple) else v)
+                                        for k, v in vars(LossConfig()).items()},
+               "floors_exact_wiener_sampler": floors,
                "variants": {o: r for o, r in results.items() if o not in OBJECTIVES},
                **{o: {k: v for k, v in e.items() if k != "samples"} for o, e in extra.items()}}
     (args.out / f"exactness_details_sn{sn}.json").write_text(json.dumps(details, indent=2) + "\n")
+    seeds = f"seed {args.seed}" if args.seeds == 1 else f"seeds {args.seed}..{args.seed + args.seeds - 1}, mean ± half-range"
     lines = [f"## sigma_n = {sn}  ({device}, {args.steps} steps, batch {args.batch_size}, "
-             f"{args.size}x{args.size} fields, {args.n_samples} samples; exact-Wiener sampler "
-             f"floor of the normalised distance: {floor:.3f})\n",
+             f"{args.size}x{args.size} fields, {args.n_samples} samples, {seeds}; exact-Wiener sampler "
+             f"floor of the normalised distance: {floors['fd_floor']:.3f}, of the spectral one: "
+             f"{floors['fd_spectral_floor']:.4f})\n",
              "Excess error is (MSE - MMSE)/MMSE at sigma = ratio x sigma_n; fd is the Frechet "
-             "distance to the truth over that of the noisy data; power bands are sample power / "
+             "distance to the truth over that of the noisy data [its floor in brackets]; fd spectral is "
+             "the same in the DFT domain (per-frequency power only); power bands are sample power / "
              "true power from low to high radial frequency.\n",
              "| objective | " + " | ".join(f"excess @ {r}" for r in RATIOS)
-             + " | fd full | fd truncated | step time / clean | power bands (full sampling) |",
-             "|---" * (len(RATIOS) + 5) + "|"]
+             + " | fd full [floor] | fd truncated [floor] | fd spectral full [floor] | fd spectral truncated [floor] "
+             "| step time / clean | power bands (full sampling) |",
+             "|---" * (len(RATIOS) + 7) + "|"]
     for o, r in results.items():
-        bands = " ".join(f"{b:.2f}" for b in extra[o]["power_bands_full"])
-        lines.append(f"| {o} | " + " | ".join(f"{r['excess_error'][str(x)]:.3f}" for x in RATIOS)
-                     + f" | {r['fd_full']:.3f} | {r['fd_truncated']:.3f} | {r['step_time_ratio']:.2f} | {bands} |")
+        pb = extra[o]["power_bands_full"]
+        bands = " ".join(f"{statistics.mean(b[i] for b in pb):.2f}" for i in range(len(pb[0])))
+        f, fs = floors["fd_floor"], floors["fd_spectral_floor"]
+        lines.append(f"| {o} | " + " | ".join(_ms(r['excess_error'][str(x)]) for x in RATIOS)
+                     + f" | {_ms(r['fd_full'])} [{f:.3f}] | {_ms(r['fd_truncated'])} [{f:.3f}]"
+                     f" | {_ms(r['fd_spectral_full'])} [{fs:.4f}] | {_ms(r['fd_spectral_truncated'])} [{fs:.4f}]"
+                     f" | {r['step_time_ratio']:.2f} | {bands} |")
+    if device.type == "cpu":
+        lines.append("\nCPU run at a reduced budget (no GPU in that session); the full-budget run "
+                     "(3 seeds, 4000 steps x batch 128) needs a GPU.\n")
     text = "\n".join(lines) + "\n"
     (args.out / f"exactness_sn{sn}.md").write_text(text)
     print(text, flush=True)
@@ -245,7 +329,7 @@ def write_report(results, extra, floor, sn, args, device):
         objs = list(extra)
         fig, axes = plt.subplots(1, len(objs) + 1, figsize=(2.6 * (len(objs) + 1), 2.9))
         for o in objs:
-            axes[0].plot(extra[o]["power_bands_full"], marker="o", label=o)
+            axes[0].plot(np.mean(extra[o]["power_bands_full"], 0), marker="o", label=o)
         axes[0].axhline(1, color="k", lw=0.5)
         axes[0].set_yscale("log")
         axes[0].set_title(f"sample power / truth, sn={sn}", fontsize=8)
@@ -265,13 +349,16 @@ def write_report(results, extra, floor, sn, args, device):
 
 def main():
     args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device {device}; {args.steps} steps x batch {args.batch_size}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for sn in args.sigma_n:
             print(f"sigma_n = {sn}", flush=True)
-            res, extra, floor = run_sigma(sn, args, device, Path(tmp))
-            write_report(res, extra, floor, sn, args, device)
+            res, extra, floors = run_sigma(sn, args, device, Path(tmp))
+            torch.save((res, extra, floors), Path(tempfile.gettempdir()) / f"exactness_raw_sn{sn}.pt")
+            write_report(res, extra, floors, sn, args, device)
 
 
 if __name__ == "__main__":
