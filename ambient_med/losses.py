@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from .reverse import ancestral_step, reverse_chain  # noqa: F401 (re-exported)
 from .utils import append_dims
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -108,18 +109,6 @@ def tweedie_noisy_mean(x_sigma: torch.Tensor, denoised: torch.Tensor, sigma: tor
     return r * x_sigma + (1 - r) * denoised
 
 
-def ancestral_step(x_a: torch.Tensor, denoised: torch.Tensor, sigma_a: torch.Tensor,
-                   sigma_b: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-    """One stochastic reverse step from level ``a`` to ``b < a``, exact when ``denoised = E[x0|x_a]``
-    for Gaussian posteriors and exact in distribution for the ``x_b | x_a`` bridge:
-
-        x_b = (b^2/a^2) x_a + (1 - b^2/a^2) D(x_a, a) + b sqrt(1 - b^2/a^2) xi
-    """
-    q = append_dims(sigma_b**2 / sigma_a**2, x_a.ndim)
-    b = append_dims(sigma_b, x_a.ndim)
-    return q * x_a + (1 - q) * denoised + b * (1 - q).clamp_min(0).sqrt() * xi
-
-
 # --------------------------------------------------------------------------------------------
 # Objective
 # --------------------------------------------------------------------------------------------
@@ -145,7 +134,13 @@ class LossConfig:
     consistency_variant: str = "pair"    # "pair" (nearby levels) or "anchored" (D(y, sigma_n) fixed)
     consistency_chain_steps: int = 1     # no-grad reverse steps from sigma_n down to sigma
     consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n for the consistency levels
-    consistency_step_ratio: tuple[float, float] = (0.5, 0.9)  # u/sigma range for the pair
+    # u/sigma range for the pair and reverse steps from sigma to u in each pair chain: nearby
+    # levels and two sub-steps keep the pair centred on non-Gaussian data (the 0.1.0 setting,
+    # (0.5, 0.9) with one first-order step, was 3.4 standard errors off on the Gaussian-mixture
+    # fields at 20,000 draws; benchmarks/results/consistency_kernels.md)
+    consistency_step_ratio: tuple[float, float] = (0.8, 0.95)
+    consistency_substeps: int = 2
+    consistency_order: int = 2           # 1: DDPM ancestral kernel; 2: DPM-Solver++(2M) SDE
     consistency_start: float = 0.5       # fraction of training done on the ambient term alone
 
     def __post_init__(self):
@@ -153,6 +148,10 @@ class LossConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
         if self.consistency_variant not in ("pair", "anchored"):
             raise ValueError("consistency_variant must be 'pair' or 'anchored'")
+        if self.consistency_order not in (1, 2):
+            raise ValueError("consistency_order must be 1 or 2")
+        if self.consistency_substeps < 1 or self.consistency_chain_steps < 1:
+            raise ValueError("consistency_substeps and consistency_chain_steps must be >= 1")
 
 
 @dataclass
@@ -211,33 +210,24 @@ def ambient_term(y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig, genera
                 lambda d: _per_sample(w, (tweedie_noisy_mean(x_s, d, sigma, sigma_n) - y) ** 2))
 
 
-@torch.no_grad()
-def reverse_chain(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor,
-                  sigma_to: torch.Tensor, steps: int,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """``steps`` ancestral steps, geometrically spaced per sample, from ``sigma_from`` to ``sigma_to``."""
-    ratio = (sigma_to / sigma_from) ** (1.0 / steps)
-    a = sigma_from
-    for _ in range(steps):
-        b = a * ratio
-        xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = ancestral_step(x, denoiser(x, a), a, b, xi)
-        a = b
-    return x
-
-
 def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
                      cfg: LossConfig, generator=None) -> Term:
     """Consistency term below ``sigma_n`` (martingale property of exact denoisers:
     ``E[x0 | x_s] = E[ E[x0 | x_u] | x_s ]`` for ``u < s``), per sample.
 
     ``pair``: from ``y`` (an exact draw at ``sigma_n``) run the model's reverse chain to a random
-    ``s < sigma_n``; take two independent ancestral steps to ``u < s``; penalise
-    ``(T - D(x_u1, u)) . (T - D(x_u2, u))`` with the fixed target ``T = D(x_s, s)``, an unbiased
-    estimate of ``|| T - E[D(x_u, u) | x_s] ||^2``.
+    ``s < sigma_n``; take two independent reverse chains of ``consistency_substeps`` steps to
+    ``u < s``; penalise ``(T - D(x_u1, u)) . (T - D(x_u2, u))`` with the fixed target
+    ``T = D(x_s, s)``. Its conditional mean given ``x_s`` is ``|| T - E[D(x_u, u) | x_s] ||^2``, zero
+    at the exact denoisers for *any* data distribution if the kernel ``x_s -> x_u`` is the true
+    one. Each pair chain starts with a first-order step (its mean given ``x_s`` is exact, so the
+    pair is exactly centred for Gaussian data); further sub-steps are second order
+    (``reverse.py``). On non-Gaussian data the kernel's missing variance biases the pair; nearby
+    levels and sub-steps shrink that bias (measured in ``benchmarks/consistency_kernels.py``).
 
     ``anchored``: the target is ``T = D(y, sigma_n)`` and the two predictions ``D(x_s, s)`` come
-    from two independent chains started at ``y``.
+    from two independent chains started at ``y``; it needs the whole chain to be exact, and its
+    bias on non-Gaussian data is larger (see ``benchmarks/results/CONSISTENCY_KERNELS.md``).
 
     The higher-noise side is held fixed (no gradient), so what the exact ``sigma >= sigma_n``
     denoisers know flows downward; letting gradients reach it diverged in trials (DESIGN s. 4).
@@ -247,27 +237,26 @@ def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
     n = y.shape[0]
     lo = sigma_n * cfg.consistency_min_ratio
     s = sample_sigma_loguniform(n, lo, sigma_n, generator=generator, device=y.device)
+    order = cfg.consistency_order
     with torch.no_grad():
         if cfg.consistency_variant == "pair":
-            x_s = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps, generator)
+            x_s, _ = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps,
+                                   generator, order=order)
             target = denoiser(x_s, s)
             r0, r1 = cfg.consistency_step_ratio
             u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))
-            xi = torch.randn((2, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
-            x_u = torch.cat([ancestral_step(x_s, target, s, u, xi[0]),
-                             ancestral_step(x_s, target, s, u, xi[1])])
+            two = lambda t: torch.cat([t, t])  # noqa: E731 - two independent chains, one batch
+            # no memory of the chain into x_s: the first step from x_s must be first order, the
+            # only step whose mean given x_s is exact (Tweedie) for any data
+            x_u, _ = reverse_chain(denoiser, two(x_s), two(s), two(u), cfg.consistency_substeps,
+                                   generator, order=order, first=two(target))
             level = u
         else:
             target = denoiser(y, sigma_n)
-            # the chains' first step reuses the target call D(y, sigma_n)
-            ratio = (s / sigma_n) ** (1.0 / cfg.consistency_chain_steps)
-            b = sigma_n * ratio
-            xi = torch.randn((2, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
-            x_u = torch.cat([ancestral_step(y, target, sigma_n, b, xi[0]),
-                             ancestral_step(y, target, sigma_n, b, xi[1])])
-            if cfg.consistency_chain_steps > 1:
-                x_u = reverse_chain(denoiser, x_u, b.repeat(2), s.repeat(2),
-                                    cfg.consistency_chain_steps - 1, generator)
+            two = lambda t: torch.cat([t, t])  # noqa: E731
+            x_u, _ = reverse_chain(denoiser, two(y), two(sigma_n), two(s),
+                                   cfg.consistency_chain_steps, generator, order=order,
+                                   first=two(target))
             level = s
     w = edm_weight(level, cfg.sigma_data)
 

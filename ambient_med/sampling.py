@@ -5,11 +5,19 @@ level to stop at), and an optional ``callback(i, sigma, x, denoised)`` for progr
 - ``sample_heun``:       deterministic 2nd-order Heun on the probability-flow ODE
                          ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, Alg. 1),
                          with optional churn (Alg. 2).
-- ``sample_ancestral``:  the stochastic ancestral chain (exact step for exact ``D``).
+- ``sample_ancestral``:  the stochastic reverse chain, second order by default (``reverse.py``:
+                         DPM-Solver++(2M) SDE); ``order=1`` is DDPM's ancestral step, which
+                         under-disperses at small step counts.
 - ``sample_truncated``:  stop at ``sigma_n`` and return ``D(x, sigma_n)`` (the pre-consistency
                          ambient baseline: a posterior mean, blurry by construction).
 - ``denoise_posterior``: a new observation ``y = x0 + sigma_y e`` is a draw of the process at
-                         ``sigma_y``; run a sampler from ``y`` to get posterior samples.
+                         ``sigma_y``; run the stochastic reverse chain from ``y`` to get posterior
+                         samples (a deterministic ODE from ``y`` gives one point, not a posterior).
+
+Defaults were chosen with exact denoisers (Gaussian and Gaussian-mixture data, closed forms):
+``sample`` uses Heun with 40 steps (the second-order ancestral chain 128), every band's power within
+5% of the truth; ``denoise_posterior`` uses the second-order ancestral chain with 32 steps
+(posterior variance within 5%, 2-std coverage 95.4% for Gaussian posteriors).
 """
 
 from __future__ import annotations
@@ -19,11 +27,21 @@ from typing import Callable
 
 import torch
 
-from .losses import Denoiser, ancestral_step
+from .losses import Denoiser
+from .reverse import ReverseMemory, ancestral_step
 from .utils import as_sigma
 
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], None] | None
 SAMPLERS = ("heun", "ancestral")
+STOCHASTIC_SAMPLERS = ("ancestral",)
+# Default step counts, chosen with exact denoisers on Gaussian and Gaussian-mixture data
+# (tests/test_samplers.py): full sampling from sigma_max = 80 keeps every radial band's power
+# within 5% of the truth (Heun at 32 steps was 4.7% off on the mixture, 40 steps 3.2%; the
+# second-order ancestral chain 20% at 32, 8% at 48, up to 7% at 64, 3.5% at 128); posterior
+# sampling from
+# sigma_y <= 1 keeps the posterior variance within 1% at 32 steps.
+DEFAULT_STEPS = {"heun": 40, "ancestral": 128}
+POSTERIOR_STEPS = 32
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
@@ -76,17 +94,22 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
 
 @torch.no_grad()
 def sample_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
-                     generator: torch.Generator | None = None,
+                     order: int = 2, generator: torch.Generator | None = None,
                      callback: Callback = None) -> torch.Tensor:
-    """Ancestral sampling: ``x_b = (b^2/a^2) x_a + (1 - b^2/a^2) D(x_a, a) + b sqrt(1 - b^2/a^2) xi``
-    for each consecutive pair; a final ``b = 0`` returns ``D(x_a, a)``."""
+    """The stochastic reverse chain through ``sigmas`` (``reverse.ancestral_step``): second order
+    (``order=2``, DPM-Solver++(2M) SDE) or DDPM's first-order step; a final ``b = 0`` returns
+    ``D(x_a, a)``."""
+    if order not in (1, 2):
+        raise ValueError("order must be 1 or 2")
+    memory = None
     for i in range(len(sigmas) - 1):
-        a, b = sigmas[i], sigmas[i + 1]
+        a, b = as_sigma(sigmas[i], x), as_sigma(sigmas[i + 1], x)
         denoised = _call(denoiser, x, a)
         xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = ancestral_step(x, denoised, as_sigma(a, x), as_sigma(b, x), xi)
+        x = ancestral_step(x, denoised, a, b, xi, memory if order == 2 else None)
+        memory = ReverseMemory(denoised, a)
         if callback is not None:
-            callback(i, float(a), x, denoised)
+            callback(i, float(sigmas[i]), x, denoised)
     return x
 
 
@@ -96,13 +119,14 @@ def run_sampler(name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
     if name == "heun":
         return sample_heun(denoiser, x, sigmas, **kwargs)
     if name == "ancestral":
-        kwargs.pop("churn", None)
+        for k in ("churn", "churn_range", "s_noise"):
+            kwargs.pop(k, None)
         return sample_ancestral(denoiser, x, sigmas, **kwargs)
     raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
 
 
 @torch.no_grad()
-def sample(denoiser: Denoiser, shape: tuple[int, ...], *, steps: int = 32,
+def sample(denoiser: Denoiser, shape: tuple[int, ...], *, steps: int | None = None,
            sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
            sampler: str = "heun", mode: str = "full", sigma_n: float | None = None,
            device=None, generator: torch.Generator | None = None,
@@ -111,7 +135,10 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, steps: int = 32,
 
     ``mode="full"`` integrates down to ``sigma = 0``. ``mode="truncated"`` integrates down to
     ``sigma_n`` and returns ``D(x, sigma_n)``, the best an ambient model without consistency can
-    do (Daras et al. 2023/2024)."""
+    do (Daras et al. 2023/2024). ``steps`` defaults to ``DEFAULT_STEPS[sampler]``."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    steps = steps or DEFAULT_STEPS[sampler]
     x = torch.randn(shape, generator=generator, device=device) * sigma_max
     if mode == "full":
         sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, device=x.device)
@@ -129,19 +156,26 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, steps: int = 32,
 
 @torch.no_grad()
 def denoise_posterior(denoiser: Denoiser, y: torch.Tensor, sigma_y: float, *,
-                      n_samples: int = 8, steps: int = 16, sigma_min: float = 0.002,
-                      rho: float = 7.0, sampler: str = "ancestral",
-                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                      n_samples: int = 8, steps: int | None = None, sigma_min: float = 0.002,
+                      rho: float = 7.0, sampler: str | None = None, order: int = 2,
+                      generator: torch.Generator | None = None,
+                      callback: Callback = None) -> dict[str, torch.Tensor]:
     """Posterior of ``x0`` given ``y = x0 + sigma_y e`` (Gaussian noise, exact for exact ``D``).
 
-    ``mean`` is ``D(y, sigma_y)``, one network call; ``samples`` run the reverse process from
-    ``y`` at level ``sigma_y`` to 0; ``std`` is their per-pixel standard deviation (the
-    uncertainty map). Returns ``{"mean", "samples" (S, N, C, ...), "std"}``."""
+    ``mean`` is ``D(y, sigma_y)``, one network call; ``samples`` run the stochastic reverse chain
+    from ``y`` at level ``sigma_y`` to 0 (``steps`` defaults to ``POSTERIOR_STEPS``); ``std`` is
+    their per-pixel standard deviation (the uncertainty map). Only a stochastic sampler gives a
+    posterior: ``sampler="heun"`` is refused. Returns ``{"mean", "samples" (S, N, C, ...), "std"}``."""
+    sampler = sampler or "ancestral"
+    if sampler not in STOCHASTIC_SAMPLERS:
+        raise ValueError(f"posterior sampling needs a stochastic sampler, one of "
+                         f"{STOCHASTIC_SAMPLERS}; {sampler!r} is deterministic and would give one "
+                         f"point from y, not posterior samples (and a zero std map)")
+    steps = steps or POSTERIOR_STEPS
     mean = _call(denoiser, y, torch.tensor(sigma_y, device=y.device))
     sigmas = karras_sigmas(steps, sigma_min, sigma_y, rho, device=y.device)
-    draws = []
-    for _ in range(n_samples):
-        draws.append(run_sampler(sampler, denoiser, y.clone(), sigmas, generator=generator))
+    draws = [sample_ancestral(denoiser, y.clone(), sigmas, order=order, generator=generator,
+                              callback=callback) for _ in range(n_samples)]
     samples = torch.stack(draws)
     std = samples.std(0) if n_samples > 1 else torch.zeros_like(mean)
     return {"mean": mean, "samples": samples, "std": std}

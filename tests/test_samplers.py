@@ -21,7 +21,7 @@ def test_karras_schedule_endpoints_and_monotonicity():
     assert bool((s[:-1] > s[1:]).all())
 
 
-@pytest.mark.parametrize("sampler,steps,tol", [("heun", 48, 0.06), ("ancestral", 400, 0.08)])
+@pytest.mark.parametrize("sampler,steps,tol", [("heun", 48, 0.06), ("ancestral", 200, 0.06)])
 def test_full_sampling_with_exact_denoiser_reproduces_the_covariance(sampler, steps, tol):
     g = torch.Generator().manual_seed(0)
     x = sample(FIELD.wiener, (N, 1, 8, 8), steps=steps, sampler=sampler, sigma_max=40.0,
@@ -53,7 +53,7 @@ def test_posterior_denoising_matches_the_gaussian_posterior():
     sy = 0.7
     x0 = FIELD.sample(2000, g)
     y = x0 + sy * torch.randn(x0.shape, generator=g)
-    out = denoise_posterior(FIELD.wiener, y, sy, n_samples=3, steps=200, generator=g)
+    out = denoise_posterior(FIELD.wiener, y, sy, n_samples=3, steps=64, generator=g)
     assert torch.allclose(out["mean"], FIELD.wiener(y, sy))
     # residual of posterior samples around the posterior mean has the posterior covariance
     resid = (out["samples"] - out["mean"]).reshape(-1, 1, 8, 8)
