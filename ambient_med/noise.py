@@ -112,6 +112,32 @@ def corner_mask(shape: tuple[int, ...], fraction: float = 0.125) -> np.ndarray:
     return np.logical_and.reduce(grids)
 
 
+def shrink_covariance(samples: np.ndarray) -> tuple[np.ndarray, float]:
+    """Coil covariance per real channel from ``M`` complex samples (C, M), shrunk toward its
+    diagonal: ``(1 - lam) S + lam diag(S)`` with the Schaefer & Strimmer (Stat. Appl. Genet.
+    Mol. Biol. 4:32, 2005) intensity ``lam = sum_{i!=j} Var(S_ij) / sum_{i!=j} |S_ij|^2``,
+    ``Var(S_ij)`` the sampling variance of the mean of ``w_ij = n_i conj(n_j) / 2``.
+
+    Why: whitening with ``L^{-1}`` of a sample covariance from few samples amplifies noise
+    along the directions whose variance it underestimates (for Wishart ``S``,
+    ``E[S^-1] = Sigma^-1 M / (M - C)``). On a 32x32 slice the k-space corners hold ~80 samples
+    for 8 coils, and the whitened, coil-combined noise came out 5-25% above ``sigma``. With
+    thousands of samples (real scans) ``lam`` is ~0 and correlations are kept."""
+    from ambient_med.mri.coils import noise_covariance
+
+    n = np.asarray(samples, dtype=np.complex128)
+    cov = noise_covariance(n)
+    m = n.shape[1]
+    if m < 3:
+        return cov, 0.0
+    w = n[:, None, :] * n[None, :, :].conj() / 2              # (C, C, M)
+    var = np.sum(np.abs(w - cov[..., None]) ** 2, axis=-1) * m / (m - 1) ** 3
+    off = ~np.eye(n.shape[0], dtype=bool)
+    den = float(np.sum(np.abs(cov[off]) ** 2))
+    lam = float(np.clip(np.sum(var[off]) / den, 0.0, 1.0)) if den > 0 else 1.0
+    return np.where(off, (1 - lam) * cov, cov), lam
+
+
 def from_kspace(kspace: np.ndarray, fraction: float = 0.125, trim: float = 5.0) -> NoiseEstimate:
     """Per-coil sigma and coil covariance from the outer corners of centred k-space (C, *spatial).
 
@@ -138,13 +164,14 @@ def from_kspace(kspace: np.ndarray, fraction: float = 0.125, trim: float = 5.0) 
     keep = np.all(np.abs(samples) < trim * sig_c[:, None], axis=0)
     from ambient_med.mri.coils import noise_covariance
 
-    cov = noise_covariance(samples[:, keep])
+    cov, shrink = shrink_covariance(samples[:, keep])
     d = np.sqrt(np.real(np.diag(cov)))
     cov = cov * np.outer(sig_c / d, sig_c / d)
     std_c = np.sqrt(np.mean(np.abs(samples) ** 2, axis=1) / 2)
     return NoiseEstimate(sigma, "k-space corner MAD", MAD_REL_SE / np.sqrt(2 * m),
                          {"sigma_per_coil": sig_c, "covariance": cov, "n_samples": m,
                           "correlation": _correlation(cov), "corner_fraction": fraction,
+                          "covariance_shrinkage": shrink,
                           # >> 0 when the corners hold signal rather than noise
                           "contamination": float(np.max(std_c / sig_c) - 1.0)})
 
