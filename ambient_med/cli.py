@@ -76,6 +76,8 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing --out and start again."),
     previews: Optional[int] = typer.Option(None, "--previews", help="Number of preview samples (0 = none)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    n_coils: Optional[int] = typer.Option(None, "--n-coils", help="Receive coils N of magnitude (sum-of-squares) data; default: the protocol's, else the file's."),
+    noise_model: Optional[str] = typer.Option(None, "--noise-model", help="auto | gaussian | rician | noncentral-chi (default: the protocol's)."),
 ):
     """Learn a clean-image prior from noisy data; writes OUT/prior.safetensors."""
     from .config import parse_sigma_n
@@ -88,6 +90,7 @@ def train(
         try:
             res = run_training(data, out, protocol=protocol, sigma_n=sn, steps=steps,
                                batch_size=batch_size, device=device, resume=resume,
+                               n_coils=n_coils, noise_model=noise_model,
                                overwrite=overwrite, previews=previews, on_start=bar.start,
                                callback=bar.update)
         finally:
@@ -113,6 +116,8 @@ def train(
 def estimate_noise(
     data: List[str] = typer.Argument(..., help="Files, folders or glob patterns."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
+    n_coils: Optional[int] = typer.Option(None, "--n-coils", help="Receive coils N of magnitude (sum-of-squares) data (default: the file's, else 1: Rician)."),
+    noise_model: str = typer.Option("auto", "--noise-model", help="auto | gaussian | rician | noncentral-chi"),
 ):
     """Estimate sigma_n (std per real channel, data units) of each file and say how."""
     from .io.discover import discover
@@ -120,13 +125,15 @@ def estimate_noise(
 
     with user_errors():
         for path in discover(data):
-            est = estimate_noise_file(path)
+            est = estimate_noise_file(path, n_coils=n_coils, noise_model=noise_model)
             if as_json:
                 typer.echo(json.dumps({"file": str(path), "sigma": est.sigma, "method": est.method,
-                                       "uncertainty": est.uncertainty}))
+                                       "uncertainty": est.uncertainty,
+                                       "noise_model": est.details.get("noise_model"),
+                                       "n_coils": est.details.get("n_coils")}))
             else:
                 typer.echo(f"{path}: sigma_n = {est.sigma:.6g} (+/- {100 * est.uncertainty:.1f}%, "
-                           f"{est.method})")
+                           f"{est.method}, noise model {est.details.get('noise_model')})")
 
 
 # ------------------------------------------------------------------------------------ sample

@@ -46,8 +46,9 @@ class DataConfig:
     patch_size: Union[list[int], None] = None
     coil_maps: bool = True
     sigma_n: Union[str, float] = "auto"
-    noise_model: str = "gaussian"     # gaussian | rician | poisson-gaussian
-    noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno | noise-scan
+    noise_model: str = "auto"         # auto | gaussian | rician | noncentral-chi (noise.resolve_noise_model)
+    noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno
+    n_coils: Union[int, None] = None  # N of a magnitude (noncentral chi) model; None: from the file
     preprocessing: str = ""           # human-readable summary of what the reader does
     cache_dir: Union[str, None] = None
     num_workers: int = 0
@@ -61,9 +62,16 @@ class DataConfig:
             raise ValueError(f"kind must be one of {kinds}, got {self.kind!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.noise_model not in ("gaussian", "rician", "poisson-gaussian"):
-            raise ValueError(f"noise_model must be gaussian, rician or poisson-gaussian, "
-                             f"got {self.noise_model!r}")
+        from .noise import ESTIMATORS, NOISE_MODELS
+
+        if self.noise_model not in ("auto", *NOISE_MODELS):
+            raise ValueError(f"noise_model {self.noise_model!r} is not implemented in this version "
+                             f"(available: auto, {', '.join(NOISE_MODELS)})")
+        if self.noise_estimator not in ("auto", *ESTIMATORS):
+            raise ValueError(f"noise_estimator {self.noise_estimator!r} is not implemented "
+                             f"(available: auto, {', '.join(ESTIMATORS)})")
+        if self.n_coils is not None and self.n_coils < 1:
+            raise ValueError(f"n_coils must be a positive integer, got {self.n_coils}")
         self.sigma_n = parse_sigma_n(self.sigma_n)
 
 

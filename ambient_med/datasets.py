@@ -53,6 +53,8 @@ class DatasetInfo:
     sigma_data: float
     n_items: int = 0
     coil_maps: bool = True
+    noise_model: str = "gaussian"     # of the training images: gaussian | rician | noncentral-chi
+    n_coils: int | None = None        # the N of a magnitude noise model (None: not applicable)
     cache_dir: str | None = None
     settings: dict = field(default_factory=dict)
 
@@ -124,12 +126,9 @@ def _rss_magnitude(x):
     return np.sqrt(np.sum(np.abs(x) ** 2, axis=0, keepdims=True)).astype(np.float32)
 
 
-def _file_sigma(src, path: Path) -> noise.NoiseEstimate:
+def _file_sigma(src, path: Path, noise_model: str, estimator: str, n_coils) -> noise.NoiseEstimate:
     try:
-        if src.kind == "magnitude":
-            return noise.from_magnitude(src.read_volume(), n_coils=src.n_coils or 1)
-        item = src.read(len(src) // 2)
-        return noise.from_image_wavelet(item, axes=tuple(range(1, item.ndim)))
+        return noise.estimate_source(src, noise_model, estimator, n_coils)
     except NoiseEstimateError as e:
         raise NoiseEstimateError(f"{path}: {e}") from None
 
@@ -137,7 +136,8 @@ def _file_sigma(src, path: Path) -> noise.NoiseEstimate:
 def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto", kind: str = "auto",
                        spatial_dims: int = 2, patch_size: tuple[int, ...] | None = None,
                        cache_dir: Path | None = None, coil_maps: bool = True,
-                       num_workers: int = 0) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
+                       num_workers: int = 0, noise_model: str = "auto", noise_estimator: str = "auto",
+                       n_coils: int | None = None) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
     """Files, folders or globs -> (dataset of model-space items, :class:`DatasetInfo`).
 
     ``sigma_n="auto"`` measures the noise (k-space corners per slice, PIESNO for magnitude
@@ -162,6 +162,15 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     kind = _resolve_kind(kind, sources)
     if src_kind == "kspace" and not coil_maps and len({s.n_coils for s in sources}) > 1:
         raise DataError(None, "coil counts differ between files; use coil_maps=True to combine coils")
+    # the noise model and estimator (noise.resolve_noise_model): refused here if they do not fit
+    models = [noise.resolve_noise_model(src.kind, noise_model, noise_estimator, n_coils, src.n_coils, str(f))
+              for f, src in zip(files, sources)]
+    train_model, train_n = models[0][0], models[0][2]
+    if kind == "magnitude" and src_kind in ("kspace", "complex"):  # |coil combination| or RSS
+        train_model = "rician" if coil_maps or src_kind == "complex" else "noncentral-chi"
+        train_n = 1 if train_model == "rician" else sources[0].n_coils
+    elif train_model == "gaussian":
+        train_n = None
     settings = {"kind": kind, "spatial_dims": spatial_dims, "coil_maps": coil_maps, "version": 1,
                 "virtual_coils": VIRTUAL_COILS if coil_maps else None,
                 "sigma_n": sigma_n}
@@ -172,7 +181,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         elif src_kind == "kspace":
             s_n = None  # measured per slice while whitening
         else:
-            est = _file_sigma(src, f)
+            est = _file_sigma(src, f, noise_model, noise_estimator, n_coils)
             s_n, file_method[str(f)] = est.sigma, (est.method, est.uncertainty)
         for i in range(len(src)):
             item = {"image": str(f), "index": i, "source": source_signature(f),
@@ -222,6 +231,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         noise_method=methods.most_common(1)[0][0],
         noise_uncertainty=float(np.median([float(s.get("noise_uncertainty", 0.0)) for s in stats])),
         sigma_data=sigma_data, n_items=len(items), coil_maps=coil_maps,
+        noise_model=train_model, n_coils=train_n,
         cache_dir=None if cache_dir is None else str(cache_dir), settings=settings,
     )
     return TrainingSet(base, Compose(post)), info

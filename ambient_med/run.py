@@ -87,7 +87,8 @@ def load_data(paths: list[str], protocol: Protocol, sigma_n: str | float,
         dataset, info = build_training_set(
             paths, sigma_n=sigma_n, kind=d.kind, spatial_dims=d.spatial_dims,
             patch_size=tuple(d.patch_size) if d.patch_size else None, cache_dir=cache,
-            coil_maps=d.coil_maps, num_workers=min(d.num_workers, os.cpu_count() or 1))
+            coil_maps=d.coil_maps, num_workers=min(d.num_workers, os.cpu_count() or 1),
+            noise_model=d.noise_model, noise_estimator=d.noise_estimator, n_coils=d.n_coils)
     except ValueError as e:
         if isinstance(e, AmbientMedError):
             raise
@@ -154,11 +155,11 @@ def write_prior(model: EDMDenoiser, info, protocol: Protocol, result: TrainResul
     meta = PriorMetadata(
         network=model.config.to_dict(), data_kind=kind, sigma_n_data=float(info.sigma_n_data),
         sigma_n_model=float(info.sigma_n_model), scale=float(info.scale),
-        noise_model=protocol.data.noise_model,
+        noise_model=getattr(info, "noise_model", protocol.data.noise_model),
         training={"image_shape": list(info.shape), "steps": result.step, "protocol": protocol.name,
                   "objective": protocol.loss.objective, "noise_method": info.noise_method,
                   "noise_uncertainty": float(info.noise_uncertainty), "files": len(info.files),
-                  "items": getattr(info, "n_items", None),
+                  "items": getattr(info, "n_items", None), "n_coils": getattr(info, "n_coils", None),
                   "final_loss": result.history[-1]["loss"] if result.history else None})
     return AmbientPrior(model, meta).save(path, overwrite=True)
 
@@ -192,6 +193,7 @@ class RunResult:
 def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fastmri-knee-multicoil",
                  sigma_n: str | float | None = None, steps: int | None = None,
                  batch_size: int | None = None, device: str = "auto", resume: bool = False,
+                 n_coils: int | None = None, noise_model: str | None = None,
                  overwrite: bool = False, previews: int | None = None,
                  on_start: Callable[[Protocol, object, int], None] | None = None,
                  callback: Callable[[int, dict], None] | None = None,
@@ -215,7 +217,8 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fa
     proto = apply_overrides(proto, {"train": {"steps": steps, "batch_size": batch_size,
                                               "num_workers": min(proto.train.num_workers,
                                                                  os.cpu_count() or 1)},
-                                    "data": {"sigma_n": sigma_n}})
+                                    "data": {"sigma_n": sigma_n, "n_coils": n_coils,
+                                             "noise_model": noise_model}})
     dataset, info = load_data(list(data), proto, proto.data.sigma_n, cache_dir=out / "cache")
     if len(dataset) == 0:
         raise DataError(None, "the dataset is empty")

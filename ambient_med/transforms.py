@@ -27,7 +27,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from ambient_med import noise
-from ambient_med.mri.coils import coil_combine, compress_coils, espirit_maps, whiten, whitening_matrix
+from ambient_med.mri.coils import (
+    coil_combine, compress_coils, espirit_maps, maps_cover_fov, whiten, whitening_matrix,
+)
 from ambient_med.mri.complex import complex_to_channels
 from ambient_med.mri.fft import ifftc
 
@@ -152,8 +154,8 @@ class EstimateCoilMaps(Transform):
     def __init__(self, **espirit_options):
         self.options = espirit_options
 
-    def __call__(self, kspace: np.ndarray) -> np.ndarray:
-        return espirit_maps(kspace, **self.options)
+    def __call__(self, kspace: np.ndarray, sigma: float | None = None) -> np.ndarray:
+        return espirit_maps(kspace, **{"sigma": sigma, **self.options})
 
 
 class EstimateCoilMapsd(MapTransform):
@@ -167,18 +169,24 @@ class EstimateCoilMapsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[self.maps_key] = self.est(d[key])
+            # the noise sigma of the (whitened) k-space decides where the object is
+            d[self.maps_key] = self.est(d[key], sigma=d.get("sigma_n"))
         return d
 
 
 class CoilCombine(Transform):
     """k-space (C, *spatial) -> image. With maps: ``sum_c conj(S_c) F^H k_c`` as (1, *spatial)
-    complex (noise std kept for whitened data); without: the coil images (C, *spatial)."""
+    complex (noise std kept for whitened data); without: the coil images (C, *spatial).
+    Maps must be unit-norm in every pixel (``maps_cover_fov``): a pixel where they are 0 would
+    carry no noise, which the ambient objective cannot train on (DESIGN section 6)."""
 
     def __call__(self, kspace: np.ndarray, maps: np.ndarray | None = None) -> np.ndarray:
         imgs = ifftc(kspace, axes=_spatial_axes(kspace))
         if maps is None:
             return imgs.astype(np.complex64)
+        if not maps_cover_fov(maps):
+            raise ValueError("coil maps are not normalised to sum |S_c|^2 = 1 in every pixel "
+                             "(cropped maps?): the combined image would be noise-free there")
         return coil_combine(imgs, maps)[None].astype(np.complex64)
 
 
