@@ -131,7 +131,11 @@ class LossConfig:
     # consistency term
     consistency_weight: float = 1.0
     consistency_fraction: float = 0.25   # share of each batch that gets the consistency term
-    consistency_variant: str = "pair"    # "pair" (nearby levels) or "anchored" (D(y, sigma_n) fixed)
+    # "pair" (nearby levels). The "anchored" form of 0.1.0 (target D(y, sigma_n), predictions at
+    # sigma on two chains from y) is refused: it needs the whole chain from y to be exact and was
+    # 13-67 standard errors off at the exact denoisers of mixture data even with 4-step chains
+    # (benchmarks/results/consistency_kernels.md).
+    consistency_variant: str = "pair"
     consistency_chain_steps: int = 1     # no-grad reverse steps from sigma_n down to sigma
     consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n for the consistency levels
     # u/sigma range for the pair and reverse steps from sigma to u in each pair chain: nearby
@@ -146,8 +150,12 @@ class LossConfig:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
-        if self.consistency_variant not in ("pair", "anchored"):
-            raise ValueError("consistency_variant must be 'pair' or 'anchored'")
+        if self.consistency_variant == "anchored":
+            raise ValueError("consistency_variant 'anchored' is not offered: it is biased at the "
+                             "exact denoisers of non-Gaussian data (benchmarks/results/"
+                             "consistency_kernels.md); use 'pair'")
+        if self.consistency_variant != "pair":
+            raise ValueError("consistency_variant must be 'pair'")
         if self.consistency_order not in (1, 2):
             raise ValueError("consistency_order must be 1 or 2")
         if self.consistency_substeps < 1 or self.consistency_chain_steps < 1:
@@ -225,10 +233,6 @@ def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
     (``reverse.py``). On non-Gaussian data the kernel's missing variance biases the pair; nearby
     levels and sub-steps shrink that bias (measured in ``benchmarks/consistency_kernels.py``).
 
-    ``anchored``: the target is ``T = D(y, sigma_n)`` and the two predictions ``D(x_s, s)`` come
-    from two independent chains started at ``y``; it needs the whole chain to be exact, and its
-    bias on non-Gaussian data is larger (see ``benchmarks/results/CONSISTENCY_KERNELS.md``).
-
     The higher-noise side is held fixed (no gradient), so what the exact ``sigma >= sigma_n``
     denoisers know flows downward; letting gradients reach it diverged in trials (DESIGN s. 4).
     The weight is EDM's ``lambda`` at the lower level, so every level counts as in the clean loss.
@@ -239,25 +243,17 @@ def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
     s = sample_sigma_loguniform(n, lo, sigma_n, generator=generator, device=y.device)
     order = cfg.consistency_order
     with torch.no_grad():
-        if cfg.consistency_variant == "pair":
-            x_s, _ = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps,
-                                   generator, order=order)
-            target = denoiser(x_s, s)
-            r0, r1 = cfg.consistency_step_ratio
-            u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))
-            two = lambda t: torch.cat([t, t])  # noqa: E731 - two independent chains, one batch
-            # no memory of the chain into x_s: the first step from x_s must be first order, the
-            # only step whose mean given x_s is exact (Tweedie) for any data
-            x_u, _ = reverse_chain(denoiser, two(x_s), two(s), two(u), cfg.consistency_substeps,
-                                   generator, order=order, first=two(target))
-            level = u
-        else:
-            target = denoiser(y, sigma_n)
-            two = lambda t: torch.cat([t, t])  # noqa: E731
-            x_u, _ = reverse_chain(denoiser, two(y), two(sigma_n), two(s),
-                                   cfg.consistency_chain_steps, generator, order=order,
-                                   first=two(target))
-            level = s
+        x_s, _ = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps, generator,
+                               order=order)
+        target = denoiser(x_s, s)
+        r0, r1 = cfg.consistency_step_ratio
+        u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))
+        two = lambda t: torch.cat([t, t])  # noqa: E731 - two independent chains, one batch
+        # no memory of the chain into x_s: the first step from x_s must be first order, the
+        # only step whose mean given x_s is exact (Tweedie) for any data
+        x_u, _ = reverse_chain(denoiser, two(x_s), two(s), two(u), cfg.consistency_substeps,
+                               generator, order=order, first=two(target))
+    level = u
     w = edm_weight(level, cfg.sigma_data)
 
     def finish(pred):

@@ -101,8 +101,7 @@ def test_ambient_loss_with_zero_sigma_n_is_the_clean_loss():
     assert torch.equal(a, c)
 
 
-@pytest.mark.parametrize("variant", ["pair", "anchored"])
-def test_consistency_loss_vanishes_for_exact_denoisers_only(variant):
+def test_consistency_loss_vanishes_for_exact_denoisers_only():
     """Exact denoisers of *any* distribution are a martingale, so the term is zero in
     expectation for the clean Wiener filter and for the noisy data's filter alike (which is why
     the ambient term is needed to pick the clean one), and positive for an inconsistent family."""
@@ -110,7 +109,7 @@ def test_consistency_loss_vanishes_for_exact_denoisers_only(variant):
     sn = 0.5
     x0 = FIELD.sample(40_000, g)
     y = x0 + sn * torch.randn(x0.shape, generator=g)
-    cfg = LossConfig(sigma_data=1.0, consistency_variant=variant, consistency_chain_steps=2)
+    cfg = LossConfig(sigma_data=1.0, consistency_chain_steps=2)
     sn_t = torch.full((y.shape[0],), sn)
 
     def mean_and_se(denoiser):
@@ -122,6 +121,11 @@ def test_consistency_loss_vanishes_for_exact_denoisers_only(variant):
         assert abs(m) < 4 * se
     m, se = mean_and_se(lambda x, s: 0.8 * wiener(x, s))
     assert m > 10 * se
+
+
+def test_the_biased_anchored_variant_is_refused():
+    with pytest.raises(ValueError, match="anchored"):
+        LossConfig(consistency_variant="anchored")
 
 
 def test_truncated_sigma_draws_cover_the_open_interval_without_clamping():
