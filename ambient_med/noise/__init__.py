@@ -22,3 +22,10 @@ __all__ = [
     "from_image_wavelet", "from_kspace", "from_magnitude", "from_noise_scan", "mad_sigma",
     "magnitude_volume_estimate", "resolve_noise_model", "shrink_covariance",
 ]
+
+from ambient_med.noise.models import NoiseModel, from_dict  # noqa: E402
+from ambient_med.noise.gaussian import Gaussian  # noqa: E402
+from ambient_med.noise.poisson_gaussian import PoissonGaussian  # noqa: E402
+from ambient_med.noise.magnitude import NoncentralChi, Rician  # noqa: E402
+
+__all__ += ["Gaussian", "NoiseModel", "NoncentralChi", "PoissonGaussian", "Rician", "from_dict"]
