@@ -175,15 +175,16 @@ class PoissonGaussian(NoiseModel):
                 "intensity, so these data do not look Poisson-Gaussian (noise-free or Gaussian?)")
         if offset is not None:
             b, mu = b_eff + a * float(offset), float(offset)
-            if b < 0:
-                raise NoiseEstimateError(f"with offset {offset} the read-noise variance would be {b:.3g} < 0")
+            if b < 0:  # the read noise is below the fit's precision: b = 0, reported in details
+                b = 0.0
         elif b_eff >= 0:
             b, mu = b_eff, 0.0
         else:
             b, mu = 0.0, -b_eff / a
         model = cls(a, b, mu)
         model.details = {"method": "block third-difference variance vs mean, robust WLS",
-                         "b_eff": b_eff, "n_blocks": int(m.size), "n_kept": int(keep.sum()),
+                         "b_eff": b_eff, "b_fit": b_eff + a * (0.0 if offset is None else float(offset)),
+                         "n_blocks": int(m.size), "n_kept": int(keep.sum()),
                          "block": block, "clipped_low": lo, "clipped_high": hi}
         return model
 
