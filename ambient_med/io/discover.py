@@ -1,8 +1,11 @@
 """Files, folders and globs -> one list of data sources.
 
 Supported suffixes: ``.h5``/``.hdf5`` (fastMRI k-space), ``.cfl``/``.hdr`` (BART k-space),
-``.nii``/``.nii.gz`` (magnitude volumes), ``.npy``/``.npz`` (image arrays). Folders are searched
-recursively; glob patterns are expanded; the result is sorted and de-duplicated. Volumes of
+``.nii``/``.nii.gz`` (magnitude volumes), ``.npy``/``.npz`` (image arrays), ``.tif``/``.tiff``/
+``.ome.tif`` (microscopy stacks). A folder that holds ``.png`` files is one source, a stack of
+frames (:class:`ambient_med.io.microscopy.FrameFolderSource`; pass a folder of 2D TIFF frames
+to :func:`open_source` directly to read it the same way). Folders are searched recursively;
+glob patterns are expanded; the result is sorted and de-duplicated. Volumes of
 different sizes and coil counts are fine: every source reports its own shape per item.
 """
 
@@ -14,9 +17,10 @@ from pathlib import Path
 
 from ambient_med.errors import DataError
 from ambient_med.io.fastmri import FastMRIFile
+from ambient_med.io.microscopy import FrameFolderSource, TiffSource
 from ambient_med.io.volumes import CflSource, nifti_source, numpy_source
 
-SUFFIXES = (".h5", ".hdf5", ".cfl", ".nii", ".nii.gz", ".npy", ".npz")
+SUFFIXES = (".h5", ".hdf5", ".cfl", ".nii", ".nii.gz", ".npy", ".npz", ".tif", ".tiff")
 
 
 def _suffix(p: Path) -> str:
@@ -40,6 +44,8 @@ def discover(paths: str | Path | list[str | Path]) -> list[Path]:
         for m in matches:
             if m.is_dir():
                 hits = [f for f in m.rglob("*") if f.is_file() and _suffix(f) in SUFFIXES]
+                frame_dirs = {f.parent for f in m.rglob("*.png") if f.is_file()}
+                hits = [f for f in hits if f.parent not in frame_dirs] + sorted(frame_dirs)
                 if not hits:
                     raise DataError(m, f"folder holds no supported files {SUFFIXES}")
                 found.update(f.with_suffix(".cfl") if _suffix(f) == ".hdr" else f for f in hits)
@@ -63,6 +69,8 @@ def open_source(path: str | Path, spatial_dims: int = 2, **options):
     ``n_coils`` for NIfTI; ``key`` for ``.npz``).
     """
     p = Path(path)
+    if p.is_dir():
+        return FrameFolderSource(p, spatial_dims)
     if not p.exists() and not (_suffix(p) == ".cfl" and p.with_suffix(".hdr").exists()):
         raise DataError(p, "does not exist")
     suf = _suffix(p)
@@ -72,6 +80,8 @@ def open_source(path: str | Path, spatial_dims: int = 2, **options):
         return nifti_source(p, spatial_dims, options.get("n_coils"))
     if suf in (".npy", ".npz"):
         return numpy_source(p, spatial_dims, options.get("key"))
+    if suf in (".tif", ".tiff"):
+        return TiffSource(p, spatial_dims)
     if p.stat().st_size == 0:
         raise DataError(p, "is empty (0 bytes)")
     # .h5, .hdf5 and anything unrecognised: try HDF5, which gives a clear "not HDF5" error.

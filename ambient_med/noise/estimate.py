@@ -1,4 +1,4 @@
-"""Noise-level estimation: ``sigma`` per real channel (DESIGN sections 2 and 6).
+"""Noise-level estimation (moved from ``ambient_med/noise.py``; import from ``ambient_med.noise``): ``sigma`` per real channel (DESIGN sections 2 and 6).
 
 Estimators, by data type:
 

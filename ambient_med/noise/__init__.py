@@ -1,0 +1,31 @@
+"""Noise: estimators of ``sigma`` and noise models that stabilise data to unit-variance
+Gaussian noise (DESIGN section 6).
+
+* :mod:`ambient_med.noise.estimate`: the noise-level estimators (noise scan, k-space corners,
+  wavelet MAD, PIESNO) and the choice of model and estimator for a data kind;
+* :mod:`ambient_med.noise.models`: the :class:`NoiseModel` contract (estimate, stabilise,
+  invert_mean, invert_sample, to_dict/from_dict) and its registry;
+* :mod:`ambient_med.noise.gaussian`, :mod:`ambient_med.noise.poisson_gaussian`,
+  :mod:`ambient_med.noise.magnitude`: one module per model.
+"""
+
+from ambient_med.noise.estimate import (
+    ESTIMATORS, MAD_REL_SE, MAD_TO_SIGMA, NOISE_MODELS, ROUNDOFF_RATIO, NoiseEstimate,
+    corner_mask, estimate_noise_file, estimate_sigma, estimate_source, from_image_wavelet,
+    from_kspace, from_magnitude, from_noise_scan, mad_sigma, magnitude_volume_estimate,
+    resolve_noise_model, shrink_covariance,
+)
+
+__all__ = [
+    "ESTIMATORS", "MAD_REL_SE", "MAD_TO_SIGMA", "NOISE_MODELS", "ROUNDOFF_RATIO", "NoiseEstimate",
+    "corner_mask", "estimate_noise_file", "estimate_sigma", "estimate_source",
+    "from_image_wavelet", "from_kspace", "from_magnitude", "from_noise_scan", "mad_sigma",
+    "magnitude_volume_estimate", "resolve_noise_model", "shrink_covariance",
+]
+
+from ambient_med.noise.models import NoiseModel, from_dict  # noqa: E402
+from ambient_med.noise.gaussian import Gaussian  # noqa: E402
+from ambient_med.noise.poisson_gaussian import PoissonGaussian  # noqa: E402
+from ambient_med.noise.magnitude import NoncentralChi, Rician  # noqa: E402
+
+__all__ += ["Gaussian", "NoiseModel", "NoncentralChi", "PoissonGaussian", "Rician", "from_dict"]
