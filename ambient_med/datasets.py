@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from monai.data import Dataset
-from monai.transforms import CenterSpatialCropd, Compose, Lambdad, SelectItemsd
+from monai.transforms import CenterSpatialCropd, Compose, Lambdad
 
 from ambient_med import noise
 from ambient_med.cache import AtomicPersistentDataset, settings_hash, source_signature, warm_cache
@@ -25,7 +26,7 @@ from ambient_med.errors import AmbientMedError, DataError, NoiseEstimateError
 from ambient_med.io.discover import discover, open_source
 from ambient_med.transforms import (
     CoilCombined, ComplexToChannelsd, CompressCoilsd, EstimateCoilMapsd, LoadSliced, RandPatchd, ScaleWithNoised,
-    WhitenCoilNoised,
+    WhitenCoilNoised, patch_seed,
 )
 
 STAT_ITEMS = 16
@@ -90,6 +91,40 @@ class TrainingSet(_UnwrapUserErrors, Dataset):
 
 class _CachedTrainingSet(_UnwrapUserErrors, AtomicPersistentDataset):
     """Disk-cached preprocessing; user errors surface unwrapped."""
+
+
+class DrawKey(NamedTuple):
+    """Which draw of an item a training step asks for: ``(index, epoch, seed)``."""
+
+    index: int
+    epoch: int
+    seed: int
+
+
+class ModelSpaceSet(torch.utils.data.Dataset):
+    """The training set: cached preprocessing (``data``), then the cheap per-draw stage
+    (``post``: crop, scale to model space, random patch).
+
+    ``dataset[i]`` is item ``i`` with the patch of :func:`~ambient_med.transforms.patch_seed`
+    ``(0, 0, i)``; ``dataset[DrawKey(i, epoch, seed)]`` (what ``train``'s sampler asks for, see
+    ``keyed_draws``) the patch of ``(seed, epoch, i)``. Random patches are therefore a pure
+    function of (seed, epoch, item): the same in every process and DataLoader worker, and the
+    same after ``--resume`` as in the run that was never stopped."""
+
+    keyed_draws = True
+
+    def __init__(self, data, post: Compose, patcher: RandPatchd | None = None):
+        self.data, self.post, self.patcher = data, post, patcher
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key):
+        index, epoch, seed = key if isinstance(key, tuple) else (int(key), 0, 0)
+        d = self.post(self.data[int(index)])
+        if self.patcher is not None:
+            d = self.patcher.draw(d, patch_seed(seed, epoch, index))
+        return {k: d[k] for k in ("image", "sigma_n")}
 
 
 def _resolve_kind(kind: str, sources) -> str:
@@ -212,9 +247,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     if patch_size is None and any(s != common for s in shapes):
         post.append(CenterSpatialCropd("image", roi_size=common))
     post.append(ScaleWithNoised("image", scale=scale))
-    if patch_size is not None:
-        post.append(RandPatchd("image", patch_size=patch_size))
-    post.append(SelectItemsd(["image", "sigma_n"]))
+    patcher = RandPatchd("image", patch_size=patch_size) if patch_size is not None else None
     info = DatasetInfo(
         files=[str(f) for f in files], kind=kind, channels=channels, spatial_dims=spatial_dims,
         shape=tuple(patch_size) if patch_size is not None else common, scale=scale,
@@ -224,7 +257,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         sigma_data=sigma_data, n_items=len(items), coil_maps=coil_maps,
         cache_dir=None if cache_dir is None else str(cache_dir), settings=settings,
     )
-    return TrainingSet(base, Compose(post)), info
+    return ModelSpaceSet(base, Compose(post), patcher), info
 
 
 def _mag2(image: torch.Tensor, kind: str) -> np.ndarray:

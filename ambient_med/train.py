@@ -75,13 +75,19 @@ class TensorDataset(Dataset):
 class ResumableSampler(Sampler[int]):
     """An endless stream of indices, a fresh permutation per epoch drawn from ``(seed, epoch)``,
     split across ``world_size`` ranks, starting at ``start`` (the number already consumed by
-    this rank), so that resuming needs only the step count."""
+    this rank), so that resuming needs only the step count.
 
-    def __init__(self, n: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
+    With ``keyed`` it yields ``DrawKey(index, epoch, seed)`` instead of ``index``: datasets with
+    random per-draw stages (patches, see ``ModelSpaceSet``) then draw them as a pure function
+    of the key, never from a generator's history, so workers, ranks and resumed runs agree."""
+
+    def __init__(self, n: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1,
+                 keyed: bool = False):
         if n == 0:
             raise ValueError("the dataset is empty")
         self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world_size
         self.per_rank = max(n // world_size, 1)
+        self.keyed = keyed
 
     def __iter__(self) -> Iterator[int]:
         epoch, offset = divmod(self.start, self.per_rank)
@@ -90,7 +96,12 @@ class ResumableSampler(Sampler[int]):
             perm = torch.randperm(self.n, generator=g)
             if self.n >= self.world:
                 perm = perm[self.rank: self.per_rank * self.world: self.world]
-            yield from perm[offset:].tolist()
+            if self.keyed:
+                from .datasets import DrawKey
+
+                yield from (DrawKey(i, epoch, self.seed) for i in perm[offset:].tolist())
+            else:
+                yield from perm[offset:].tolist()
             epoch, offset = epoch + 1, 0
 
     def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
@@ -202,7 +213,8 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = ResumableSampler(len(dataset), cfg.seed, start=step * cfg.batch_size,
-                               rank=rank, world_size=world)
+                               rank=rank, world_size=world,
+                               keyed=getattr(dataset, "keyed_draws", False))
     loader = _batches(dataset, sampler, cfg, device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.mixed_precision and device.type == "cuda" else torch.autocast("cpu", enabled=False))
