@@ -22,7 +22,7 @@ from monai.transforms import CenterSpatialCropd, Compose, Lambdad
 
 from ambient_med import noise
 from ambient_med.cache import AtomicPersistentDataset, settings_hash, source_signature, warm_cache
-from ambient_med.errors import AmbientMedError, DataError, NoiseEstimateError
+from ambient_med.errors import AmbientMedError, ConfigError, DataError, NoiseEstimateError
 from ambient_med.io.discover import discover, open_source
 from ambient_med.transforms import (
     CoilCombined, ComplexToChannelsd, CompressCoilsd, EstimateCoilMapsd, LoadSliced, RandPatchd, ScaleWithNoised,
@@ -240,7 +240,16 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         raise DataError(None, f"cannot set an intensity scale: the data is all zeros ({files[0]} ...)")
     y = np.concatenate([s["image"].numpy().ravel() for s in stats]) / scale
     sigma_n_model = sigma_n_data / scale
-    sigma_data = float(np.sqrt(max(np.var(y) - sigma_n_model**2, 0.0)))
+    signal_var = float(np.var(y)) - sigma_n_model**2
+    if not signal_var > 0:
+        # sigma_data = sqrt(var(y) - sigma_n^2) <= 0: the noise claims all the variance. Training
+        # would divide by sigma_data = 0 (NaN loss from step 1) and learn nothing.
+        where = f"{files[0]}{' ...' if len(files) > 1 else ''}"
+        raise ConfigError(
+            f"{where}: sigma_n = {sigma_n_data:.6g} is at or above the standard deviation of the "
+            f"data ({np.sqrt(np.var(y)) * scale:.6g} per real channel, data units): no signal "
+            "would be left to learn; pass a smaller --sigma-n, or 'auto' to measure it")
+    sigma_data = float(np.sqrt(signal_var))
     methods = Counter(str(s.get("noise_method", "explicit")) for s in stats)
 
     post = []

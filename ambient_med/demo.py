@@ -90,9 +90,9 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
     prior = AmbientPrior.load(res.prior_path, device=next(res.model.parameters()).device)
     y = torch.stack([res.dataset[i]["image"] for i in range(len(res.dataset))])
     y = y.to(prior.device)
-    sn = prior.sigma_n
+    sn = prior.metadata.sigma_n_model     # the dataset's images are in model space
     with torch.no_grad():
-        den = torch.cat([prior.denoise(b, sn) for b in y.split(32)])
+        den = torch.cat([prior.denoise(b, sn, space="model") for b in y.split(32)])
     ref = np.abs(truth["clean"]) / info.scale
     noisy_mag, den_mag = to_display(y, True), to_display(den, True)
     if noisy_mag.shape != ref.shape:
@@ -102,8 +102,8 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
 
     k = min(previews, y.shape[0])
     g = torch.Generator(device=prior.device).manual_seed(1)
-    post = prior.posterior(y[:k], sn, n_samples=posterior_samples, steps=8, generator=g)
-    samples = prior.sample(k, steps=prior_steps(), generator=g)
+    post = prior.posterior(y[:k], sn, n_samples=posterior_samples, generator=g, space="model")
+    samples = prior.sample(k, steps=prior_steps(), generator=g, space="model")
     fig = save_grid([("clean |x|", ref[:k]), ("noisy input", noisy_mag[:k]),
                      ("denoised", den_mag[:k]),
                      ("posterior std", to_display(post["std"], True)),

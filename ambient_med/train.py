@@ -21,9 +21,15 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import load_latest, save_checkpoint
+from .checkpoint import list_checkpoints, load_latest, save_checkpoint
+from .errors import AmbientMedError
 from .losses import LossConfig, objective_loss
 from .networks import EDMDenoiser
+
+
+class NonFiniteLossError(AmbientMedError, RuntimeError):
+    """The loss or the gradient became NaN or infinite: the run stops before anything computed
+    from those steps (checkpoint, prior) is written; the last good checkpoint stays."""
 
 
 @dataclass
@@ -219,7 +225,27 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.mixed_precision and device.type == "cuda" else torch.autocast("cpu", enabled=False))
 
+    # NaN/inf guard without a GPU sync per step: a flag accumulated on the device, read at the
+    # log, checkpoint and end steps (the same steps on every rank), always before a write.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    checked = {"step": step}
+
+    def check_finite():
+        flag = nonfinite.float().reshape(1)
+        if world > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            ck = list_checkpoints(ckpt_dir) if ckpt_dir is not None else []
+            kept = (f"the last good checkpoint, step {ck[-1][0]}, is kept in {ckpt_dir}; lower "
+                    f"train.lr in {run_dir / 'config.yaml'} and continue with --resume"
+                    if ck else "no checkpoint was written; lower the learning rate (train.lr)")
+            raise NonFiniteLossError(
+                f"training stopped: the loss or gradient became non-finite (NaN or inf) between "
+                f"steps {checked['step'] + 1} and {step}; nothing from those steps was saved; {kept}")
+        checked["step"] = step
+
     def checkpoint():
+        check_finite()
         if ckpt_dir is None:
             return
         gens = [gen.get_state()]
@@ -266,10 +292,12 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             # accumulate on the device: a float() per step would sync the GPU every step
             acc["loss"] = acc.get("loss", 0.0) + out.loss.detach().double()
             acc["grad_norm"] = acc.get("grad_norm", 0.0) + gnorm.detach().double()
+            nonfinite |= ~(torch.isfinite(out.loss.detach()) & torch.isfinite(gnorm.detach()))
             for k, v in out.parts.items():
                 acc[k] = acc.get(k, 0.0) + v.double()
             n_log += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
+                check_finite()
                 dt = time.perf_counter() - t_log
                 row = {"step": step, **{k: float(v) / n_log for k, v in acc.items()},
                        "lr": _lr(cfg, step - 1), "steps_per_sec": n_log / dt,
@@ -295,6 +323,7 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
                 break
         if not stopping and (step == cfg.steps or step == stop_after):
             checkpoint()
+        check_finite()  # also without a run folder: never return NaN weights as a result
     finally:
         stop.restore()
         if metrics is not None:
