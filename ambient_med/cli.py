@@ -68,7 +68,7 @@ def train(
     data: List[str] = typer.Option(..., "--data", "-d", help="Files, folders or glob patterns (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, checkpoints, prior)."),
     sigma_n: Optional[str] = typer.Option(None, "--sigma-n", help="'auto' or the noise std per real channel in data units (0 = clean). Default: the protocol's."),
-    protocol: str = typer.Option("fastmri-knee-multicoil", "--protocol", "-p", help="Packaged protocol name or YAML file."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Packaged protocol name or YAML file. Default: chosen from the data (k-space HDF5: fastmri-knee/brain-multicoil; NIfTI: nifti-3d), and printed."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides the protocol)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per process."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -89,7 +89,7 @@ def train(
             res = run_training(data, out, protocol=protocol, sigma_n=sn, steps=steps,
                                batch_size=batch_size, device=device, resume=resume,
                                overwrite=overwrite, previews=previews, on_start=bar.start,
-                               callback=bar.update)
+                               callback=bar.update, log=lambda m: typer.echo(m, err=True))
         finally:
             bar.stop()
         import torch.distributed as dist
