@@ -188,6 +188,10 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
     checkpoint there is restored (model, EMA, optimizer, RNG, step). ``stop_after`` ends the
     run early at that step with a checkpoint (used by tests of resume). ``callback(step, row)``
     receives each logged metrics row (for progress bars). Returns the EMA model.
+
+    A NaN or infinite loss or gradient raises :class:`NonFiniteLossError` at the next log,
+    checkpoint or final step, before anything computed from it is written: the checkpoints on
+    disk (and hence ``--resume``) stay those of the last good state, and no prior is made.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = _dist()
