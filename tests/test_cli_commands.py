@@ -76,7 +76,8 @@ def test_info_describes_the_prior(trained):
     prior = AmbientPrior.load(trained["out"] / "prior.safetensors")
     assert d["parameters"] == count_parameters(prior.model)
     assert d["image_shape"] == [16, 16] and d["data_kind"] == "complex"
-    assert d["sigma_n_model"] == pytest.approx(prior.sigma_n)
+    assert d["sigma_n_data"] == pytest.approx(prior.sigma_n)           # data units, as estimate-noise
+    assert d["sigma_n_model"] == pytest.approx(prior.metadata.sigma_n_model)
     text = cli("info", trained["out"]).stdout          # a run folder works too
     assert "parameters" in text and str(d["parameters"]) in text
 
