@@ -38,7 +38,7 @@ DEFAULT_PROTOCOL = "fastmri-knee-multicoil"
 class DataConfig:
     """How files become training images. Every key acts: ``reader`` refuses files of another
     format (``auto``: any; see :mod:`ambient_med.autoprotocol`), ``kind``, ``spatial_dims``,
-    ``patch_size``, ``coil_maps``, ``sigma_n``, ``cache_dir`` and ``num_workers`` drive
+    ``patch_size``, ``coil_maps``, ``reorient``, ``sigma_n``, ``cache_dir`` and ``num_workers`` drive
     ``build_training_set``. A protocol that names a feature the package lacks (``reader:
     tiff``) is refused when it is loaded, never trained some other way. (There is no free-text
     ``preprocessing`` key: a description cannot be checked, so it lives in YAML comments.)"""
@@ -48,6 +48,7 @@ class DataConfig:
     spatial_dims: int = 2
     patch_size: Union[list[int], None] = None
     coil_maps: bool = True
+    reorient: bool = False            # 3D NIfTI: to the closest canonical (RAS+) voxel order
     sigma_n: Union[str, float] = "auto"
     noise_model: str = "gaussian"     # gaussian | rician | poisson-gaussian
     noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno | noise-scan

@@ -18,9 +18,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from monai.data import Dataset
-from monai.transforms import CenterSpatialCropd, Compose, Lambdad
+from monai.config import KeysCollection
+from monai.transforms import CenterSpatialCropd, Compose, Lambdad, MapTransform
 
 from ambient_med import noise
+from ambient_med.autoprotocol import file_format
 from ambient_med.cache import AtomicPersistentDataset, settings_hash, source_signature, warm_cache
 from ambient_med.errors import AmbientMedError, ConfigError, DataError, NoiseEstimateError
 from ambient_med.io.discover import discover, open_source
@@ -142,8 +144,39 @@ def _resolve_kind(kind: str, sources) -> str:
     return kind
 
 
-def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool) -> Compose:
+class ReorientCanonicald(MapTransform):
+    """NIfTI volumes to the closest canonical (RAS+) voxel order, as ``nibabel.as_closest_canonical``:
+    axes permuted and flipped (never resampled) so that array axes 0, 1, 2 run towards Right,
+    Anterior, Superior. Runs on the path in ``d[key]`` before loading: it records the file's
+    orientation (``nibabel.orientations.io_orientation`` of the affine, header only), and on the
+    loaded ``(C, X, Y, Z)`` array after loading (``apply``)."""
+
+    def __init__(self, keys: KeysCollection = "image"):
+        super().__init__(keys)
+
+    def __call__(self, data):
+        import nibabel as nib
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d["_ornt"] = nib.orientations.io_orientation(nib.load(str(d[key])).affine)
+        return d
+
+    @staticmethod
+    def apply(data):
+        from nibabel.orientations import apply_orientation
+
+        d = dict(data)
+        ornt = d.pop("_ornt")
+        d["image"] = np.stack([np.ascontiguousarray(apply_orientation(c, ornt)) for c in d["image"]])
+        return d
+
+
+def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool,
+                reorient: bool = False) -> Compose:
     steps = [LoadSliced("image", spatial_dims=spatial_dims)]
+    if reorient:
+        steps = [ReorientCanonicald("image"), *steps, ReorientCanonicald.apply]
     if src_kind == "kspace":
         steps.append(WhitenCoilNoised("image"))
         if coil_maps:
@@ -172,7 +205,8 @@ def _file_sigma(src, path: Path) -> noise.NoiseEstimate:
 def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto", kind: str = "auto",
                        spatial_dims: int = 2, patch_size: tuple[int, ...] | None = None,
                        cache_dir: Path | None = None, coil_maps: bool = True,
-                       num_workers: int = 0) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
+                       num_workers: int = 0,
+                       reorient: bool = False) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
     """Files, folders or globs -> (dataset of model-space items, :class:`DatasetInfo`).
 
     ``sigma_n="auto"`` measures the noise (k-space corners per slice, PIESNO for magnitude
@@ -185,7 +219,9 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     the noise sigma is unchanged). With ``cache_dir`` the
     preprocessing is cached on disk (see :mod:`ambient_med.cache`), filled with
     ``num_workers`` processes. Items of different sizes are centre-cropped to the smallest
-    common shape unless ``patch_size`` draws random patches.
+    common shape unless ``patch_size`` draws random patches. ``reorient`` brings 3D NIfTI
+    volumes to the closest canonical (RAS+) voxel order (:class:`ReorientCanonicald`); other
+    inputs are refused with it.
     """
     if sigma_n != "auto" and not (isinstance(sigma_n, (int, float)) and sigma_n >= 0):
         raise ValueError(f"sigma_n must be 'auto' or a number >= 0, got {sigma_n!r}")
@@ -197,7 +233,11 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     kind = _resolve_kind(kind, sources)
     if src_kind == "kspace" and not coil_maps and len({s.n_coils for s in sources}) > 1:
         raise DataError(None, "coil counts differ between files; use coil_maps=True to combine coils")
+    if reorient and (spatial_dims != 3 or any(file_format(f) != "nifti" for f in files)):
+        raise ConfigError(f"{files[0]}: data.reorient needs 3D NIfTI volumes (spatial_dims: 3), "
+                          "which carry the affine it reorients by; set data.reorient: false")
     settings = {"kind": kind, "spatial_dims": spatial_dims, "coil_maps": coil_maps, "version": 1,
+                "reorient": reorient,
                 "virtual_coils": VIRTUAL_COILS if coil_maps else None,
                 "sigma_n": sigma_n}
     items, file_method = [], {}
@@ -215,7 +255,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
             if str(f) in file_method:
                 item["noise_method"], item["noise_uncertainty"] = file_method[str(f)]
             items.append(item)
-    pre = _preprocess(src_kind, kind, spatial_dims, coil_maps)
+    pre = _preprocess(src_kind, kind, spatial_dims, coil_maps, reorient)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         base = _CachedTrainingSet(items, pre, cache_dir=Path(cache_dir))

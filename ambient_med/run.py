@@ -89,7 +89,8 @@ def load_data(paths: list[str], protocol: Protocol, sigma_n: str | float,
         dataset, info = build_training_set(
             paths, sigma_n=sigma_n, kind=d.kind, spatial_dims=d.spatial_dims,
             patch_size=tuple(d.patch_size) if d.patch_size else None, cache_dir=cache,
-            coil_maps=d.coil_maps, num_workers=min(d.num_workers, os.cpu_count() or 1))
+            coil_maps=d.coil_maps, num_workers=min(d.num_workers, os.cpu_count() or 1),
+            reorient=d.reorient)
     except ValueError as e:
         if isinstance(e, AmbientMedError):
             raise

@@ -79,3 +79,21 @@ def test_a_free_text_key_is_refused(env):
     path = tiny_protocol(env["tmp"], "prose", data={"preprocessing": "reorient to canonical"})
     r = cli("train", "--data", env["data"], "--out", env["tmp"] / "prose", "--protocol", path)
     assert_user_error(r, "data.preprocessing", "prose.yaml")
+
+
+def test_nifti_3d_reorients_to_closest_canonical(tmp_path):
+    from ambient_med.config import load_protocol
+    from ambient_med.datasets import build_training_set
+
+    assert load_protocol("nifti-3d").data.reorient
+    vol = np.random.default_rng(1).uniform(1, 2, (8, 6, 4)).astype(np.float32)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])                  # stored L->R flipped, P->A flipped
+    nib.save(nib.Nifti1Image(vol, lps), str(tmp_path / "lps.nii.gz"))
+    ds, info = build_training_set([tmp_path / "lps.nii.gz"], sigma_n=0.0, spatial_dims=3,
+                                  reorient=True)
+    got = ds[0]["image"][0].numpy() * info.scale
+    np.testing.assert_allclose(got, vol[::-1, ::-1, :], rtol=1e-6)
+    canon = nib.as_closest_canonical(nib.load(str(tmp_path / "lps.nii.gz")))
+    np.testing.assert_allclose(got, np.asarray(canon.dataobj), rtol=1e-6)
+    with pytest.raises(ConfigError, match="reorient needs 3D NIfTI"):
+        build_training_set([tmp_path / "lps.nii.gz"], sigma_n=0.0, spatial_dims=2, reorient=True)
