@@ -180,9 +180,12 @@ class AmbientPrior:
         self._check_space(space)
         if space == "model":
             return self.denoise_model(x, sigma)
+        zero = as_sigma(torch.as_tensor(sigma, dtype=torch.float32), x.real) == 0
+        if bool(zero.all()):          # exactly the input: no round trip through model units
+            return x.clone()
         s = torch.as_tensor(self.sigma_to_model(sigma))
-        return self.to_data(self.denoise_model(self.to_model(x), s),
-                            as_complex=torch.is_complex(x))
+        out = self.to_data(self.denoise_model(self.to_model(x), s), as_complex=torch.is_complex(x))
+        return torch.where(append_dims(zero.to(out.device), x.ndim), x, out)
 
     @torch.no_grad()
     def denoise_model(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:

@@ -65,9 +65,10 @@ def test_denoise_at_sigma_zero_is_the_identity():
     torch.manual_seed(0)
     net = NetworkConfig(sigma_data=0.5, features=(8, 16), attention_levels=(False, False),
                         norm_num_groups=4, num_head_channels=8)
-    prior = AmbientPrior(EDMDenoiser(net), PriorMetadata(network=net.to_dict(), scale=2.0))
+    prior = AmbientPrior(EDMDenoiser(net), PriorMetadata(network=net.to_dict(), scale=3.7))
     x = torch.randn(3, 1, 16, 16)
     assert torch.equal(prior.denoise(x, 0.0), x)
     mixed = prior.denoise(x, torch.tensor([0.0, 0.3, 0.0]))
     assert torch.equal(mixed[[0, 2]], x[[0, 2]]) and torch.isfinite(mixed).all()
     assert not torch.equal(mixed[1], x[1])
+    assert torch.equal(prior.denoise(x, 0.0, space="model"), x)
