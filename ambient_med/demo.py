@@ -199,7 +199,8 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
         "**Residual noise of the samples**: the std per real channel of each prior's samples in "
         f"the background ({int(background.sum())} pixels outside every phantom, where the clean "
         "image is below 0.1% of its peak), divided by the true sigma_n. A prior of the clean images gives "
-        "about 0; a prior of the noisy images about 1.\n\n" + table +
+        "about 0; a prior of the noisy images about the value of the noisy data, which should "
+        "itself be about 1 (more means the preprocessing changed the noise the loss assumes).\n\n" + table +
         "\n\n![report](report.png)\n")
     (out / "report.json").write_text(json.dumps(figures, indent=2))
     return {"table": table, "markdown": md, "figure": fig, "figures": figures}
