@@ -68,7 +68,7 @@ def train(
     data: List[str] = typer.Option(..., "--data", "-d", help="Files, folders or glob patterns (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config, checkpoints, prior)."),
     sigma_n: Optional[str] = typer.Option(None, "--sigma-n", help="'auto' or the noise std per real channel in data units (0 = clean). Default: the protocol's."),
-    protocol: str = typer.Option("fastmri-knee-multicoil", "--protocol", "-p", help="Packaged protocol name or YAML file."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Packaged protocol name or YAML file. Default: chosen from the data (k-space HDF5: fastmri-knee/brain-multicoil; NIfTI: nifti-3d), and printed."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides the protocol)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per process."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -92,7 +92,7 @@ def train(
                                batch_size=batch_size, device=device, resume=resume,
                                n_coils=n_coils, noise_model=noise_model,
                                overwrite=overwrite, previews=previews, on_start=bar.start,
-                               callback=bar.update)
+                               callback=bar.update, log=lambda m: typer.echo(m, err=True))
         finally:
             bar.stop()
         import torch.distributed as dist
@@ -142,7 +142,8 @@ def sample(
     prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output: X.png, X.npy, or X (writes both)."),
     n: int = typer.Option(8, "--n", min=1, help="Number of samples."),
-    steps: int = typer.Option(32, "--steps", min=1, help="Sampler steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                        help="Sampler steps (default: calibrated, heun 40, ancestral 128)."),
     mode: str = typer.Option("full", "--mode", help="full | truncated (stop at sigma_n)."),
     sampler: str = typer.Option("heun", "--sampler", help="heun | ancestral"),
     seed: int = typer.Option(0, "--seed"),

@@ -36,26 +36,33 @@ DEFAULT_PROTOCOL = "fastmri-knee-multicoil"
 
 @dataclass
 class DataConfig:
-    """How files become training images. ``reader``, ``preprocessing``, ``noise_model`` and
-    ``noise_estimator`` document the pipeline the reader applies (they are checked, not free
-    text, so that a protocol cannot claim a pipeline the package does not have)."""
+    """How files become training images. Every key acts: ``reader`` refuses files of another
+    format (``auto``: any; see :mod:`ambient_med.autoprotocol`), ``kind``, ``spatial_dims``,
+    ``patch_size``, ``coil_maps``, ``reorient``, ``sigma_n``, ``cache_dir`` and ``num_workers`` drive
+    ``build_training_set``. A protocol that names a feature the package lacks (``reader:
+    tiff``) is refused when it is loaded, never trained some other way. (There is no free-text
+    ``preprocessing`` key: a description cannot be checked, so it lives in YAML comments.)"""
 
-    reader: str = "auto"              # auto | fastmri | nifti | numpy | cfl | tiff
+    reader: str = "auto"              # auto | fastmri | nifti | numpy | cfl
     kind: str = "auto"                # training images: auto | complex | magnitude | intensity
     spatial_dims: int = 2
     patch_size: Union[list[int], None] = None
     coil_maps: bool = True
+    reorient: bool = False            # 3D NIfTI: to the closest canonical (RAS+) voxel order
     sigma_n: Union[str, float] = "auto"
     noise_model: str = "auto"         # auto | gaussian | rician | noncentral-chi (noise.resolve_noise_model)
     noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno
     n_coils: Union[int, None] = None  # N of a magnitude (noncentral chi) model; None: from the file
-    preprocessing: str = ""           # human-readable summary of what the reader does
     cache_dir: Union[str, None] = None
     num_workers: int = 0
 
     def __post_init__(self):
-        readers = ("auto", "fastmri", "nifti", "numpy", "cfl", "tiff")
+        readers = ("auto", "fastmri", "nifti", "numpy", "cfl")
         kinds = ("auto", "complex", "magnitude", "intensity")
+        if self.reader == "tiff":
+            from .autoprotocol import TIFF_MESSAGE
+
+            raise ValueError(f"reader 'tiff': {TIFF_MESSAGE}")
         if self.reader not in readers:
             raise ValueError(f"reader must be one of {readers}, got {self.reader!r}")
         if self.kind not in kinds:
@@ -277,6 +284,8 @@ def load_resolved(path: str | Path) -> Protocol:
     """Read back a run folder's ``config.yaml`` (for ``--resume``)."""
     raw = yaml.safe_load(Path(path).read_text()) or {}
     raw.pop("resolved_from_data", None)
+    if isinstance(raw.get("data"), dict):  # run folders written before the key was removed
+        raw["data"].pop("preprocessing", None)
     source = raw.pop("source", str(path))
     p = protocol_from_dict(raw, str(path))
     p.source = source

@@ -13,19 +13,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from monai.data import Dataset
-from monai.transforms import CenterSpatialCropd, Compose, Lambdad, SelectItemsd
+from monai.config import KeysCollection
+from monai.transforms import CenterSpatialCropd, Compose, Lambdad, MapTransform
 
 from ambient_med import noise
+from ambient_med.autoprotocol import file_format
 from ambient_med.cache import AtomicPersistentDataset, settings_hash, source_signature, warm_cache
-from ambient_med.errors import AmbientMedError, DataError, NoiseEstimateError
+from ambient_med.errors import AmbientMedError, ConfigError, DataError, NoiseEstimateError
 from ambient_med.io.discover import discover, open_source
 from ambient_med.transforms import (
     CoilCombined, ComplexToChannelsd, CompressCoilsd, EstimateCoilMapsd, LoadSliced, RandPatchd, ScaleWithNoised,
-    WhitenCoilNoised,
+    WhitenCoilNoised, patch_seed,
 )
 
 STAT_ITEMS = 16
@@ -94,6 +97,40 @@ class _CachedTrainingSet(_UnwrapUserErrors, AtomicPersistentDataset):
     """Disk-cached preprocessing; user errors surface unwrapped."""
 
 
+class DrawKey(NamedTuple):
+    """Which draw of an item a training step asks for: ``(index, epoch, seed)``."""
+
+    index: int
+    epoch: int
+    seed: int
+
+
+class ModelSpaceSet(torch.utils.data.Dataset):
+    """The training set: cached preprocessing (``data``), then the cheap per-draw stage
+    (``post``: crop, scale to model space, random patch).
+
+    ``dataset[i]`` is item ``i`` with the patch of :func:`~ambient_med.transforms.patch_seed`
+    ``(0, 0, i)``; ``dataset[DrawKey(i, epoch, seed)]`` (what ``train``'s sampler asks for, see
+    ``keyed_draws``) the patch of ``(seed, epoch, i)``. Random patches are therefore a pure
+    function of (seed, epoch, item): the same in every process and DataLoader worker, and the
+    same after ``--resume`` as in the run that was never stopped."""
+
+    keyed_draws = True
+
+    def __init__(self, data, post: Compose, patcher: RandPatchd | None = None):
+        self.data, self.post, self.patcher = data, post, patcher
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key):
+        index, epoch, seed = key if isinstance(key, tuple) else (int(key), 0, 0)
+        d = self.post(self.data[int(index)])
+        if self.patcher is not None:
+            d = self.patcher.draw(d, patch_seed(seed, epoch, index))
+        return {k: d[k] for k in ("image", "sigma_n")}
+
+
 def _resolve_kind(kind: str, sources) -> str:
     found = {s.kind for s in sources}
     if len(found) > 1:
@@ -109,8 +146,39 @@ def _resolve_kind(kind: str, sources) -> str:
     return kind
 
 
-def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool) -> Compose:
+class ReorientCanonicald(MapTransform):
+    """NIfTI volumes to the closest canonical (RAS+) voxel order, as ``nibabel.as_closest_canonical``:
+    axes permuted and flipped (never resampled) so that array axes 0, 1, 2 run towards Right,
+    Anterior, Superior. Runs on the path in ``d[key]`` before loading: it records the file's
+    orientation (``nibabel.orientations.io_orientation`` of the affine, header only), and on the
+    loaded ``(C, X, Y, Z)`` array after loading (``apply``)."""
+
+    def __init__(self, keys: KeysCollection = "image"):
+        super().__init__(keys)
+
+    def __call__(self, data):
+        import nibabel as nib
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d["_ornt"] = nib.orientations.io_orientation(nib.load(str(d[key])).affine)
+        return d
+
+    @staticmethod
+    def apply(data):
+        from nibabel.orientations import apply_orientation
+
+        d = dict(data)
+        ornt = d.pop("_ornt")
+        d["image"] = np.stack([np.ascontiguousarray(apply_orientation(c, ornt)) for c in d["image"]])
+        return d
+
+
+def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool,
+                reorient: bool = False) -> Compose:
     steps = [LoadSliced("image", spatial_dims=spatial_dims)]
+    if reorient:
+        steps = [ReorientCanonicald("image"), *steps, ReorientCanonicald.apply]
     if src_kind == "kspace":
         steps.append(WhitenCoilNoised("image"))
         if coil_maps:
@@ -137,7 +205,8 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
                        spatial_dims: int = 2, patch_size: tuple[int, ...] | None = None,
                        cache_dir: Path | None = None, coil_maps: bool = True,
                        num_workers: int = 0, noise_model: str = "auto", noise_estimator: str = "auto",
-                       n_coils: int | None = None) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
+                       n_coils: int | None = None,
+                       reorient: bool = False) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
     """Files, folders or globs -> (dataset of model-space items, :class:`DatasetInfo`).
 
     ``sigma_n="auto"`` measures the noise (k-space corners per slice, PIESNO for magnitude
@@ -150,7 +219,9 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     the noise sigma is unchanged). With ``cache_dir`` the
     preprocessing is cached on disk (see :mod:`ambient_med.cache`), filled with
     ``num_workers`` processes. Items of different sizes are centre-cropped to the smallest
-    common shape unless ``patch_size`` draws random patches.
+    common shape unless ``patch_size`` draws random patches. ``reorient`` brings 3D NIfTI
+    volumes to the closest canonical (RAS+) voxel order (:class:`ReorientCanonicald`); other
+    inputs are refused with it.
     """
     if sigma_n != "auto" and not (isinstance(sigma_n, (int, float)) and sigma_n >= 0):
         raise ValueError(f"sigma_n must be 'auto' or a number >= 0, got {sigma_n!r}")
@@ -171,7 +242,11 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         train_n = 1 if train_model == "rician" else sources[0].n_coils
     elif train_model == "gaussian":
         train_n = None
+    if reorient and (spatial_dims != 3 or any(file_format(f) != "nifti" for f in files)):
+        raise ConfigError(f"{files[0]}: data.reorient needs 3D NIfTI volumes (spatial_dims: 3), "
+                          "which carry the affine it reorients by; set data.reorient: false")
     settings = {"kind": kind, "spatial_dims": spatial_dims, "coil_maps": coil_maps, "version": 1,
+                "reorient": reorient,
                 "virtual_coils": VIRTUAL_COILS if coil_maps else None,
                 "sigma_n": sigma_n}
     items, file_method = [], {}
@@ -189,7 +264,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
             if str(f) in file_method:
                 item["noise_method"], item["noise_uncertainty"] = file_method[str(f)]
             items.append(item)
-    pre = _preprocess(src_kind, kind, spatial_dims, coil_maps)
+    pre = _preprocess(src_kind, kind, spatial_dims, coil_maps, reorient)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         base = _CachedTrainingSet(items, pre, cache_dir=Path(cache_dir))
@@ -214,16 +289,23 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         raise DataError(None, f"cannot set an intensity scale: the data is all zeros ({files[0]} ...)")
     y = np.concatenate([s["image"].numpy().ravel() for s in stats]) / scale
     sigma_n_model = sigma_n_data / scale
-    sigma_data = float(np.sqrt(max(np.var(y) - sigma_n_model**2, 0.0)))
+    signal_var = float(np.var(y)) - sigma_n_model**2
+    if not signal_var > 0:
+        # sigma_data = sqrt(var(y) - sigma_n^2) <= 0: the noise claims all the variance. Training
+        # would divide by sigma_data = 0 (NaN loss from step 1) and learn nothing.
+        where = f"{files[0]}{' ...' if len(files) > 1 else ''}"
+        raise ConfigError(
+            f"{where}: sigma_n = {sigma_n_data:.6g} is at or above the standard deviation of the "
+            f"data ({np.sqrt(np.var(y)) * scale:.6g} per real channel, data units): no signal "
+            "would be left to learn; pass a smaller --sigma-n, or 'auto' to measure it")
+    sigma_data = float(np.sqrt(signal_var))
     methods = Counter(str(s.get("noise_method", "explicit")) for s in stats)
 
     post = []
     if patch_size is None and any(s != common for s in shapes):
         post.append(CenterSpatialCropd("image", roi_size=common))
     post.append(ScaleWithNoised("image", scale=scale))
-    if patch_size is not None:
-        post.append(RandPatchd("image", patch_size=patch_size))
-    post.append(SelectItemsd(["image", "sigma_n"]))
+    patcher = RandPatchd("image", patch_size=patch_size) if patch_size is not None else None
     info = DatasetInfo(
         files=[str(f) for f in files], kind=kind, channels=channels, spatial_dims=spatial_dims,
         shape=tuple(patch_size) if patch_size is not None else common, scale=scale,
@@ -234,7 +316,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         noise_model=train_model, n_coils=train_n,
         cache_dir=None if cache_dir is None else str(cache_dir), settings=settings,
     )
-    return TrainingSet(base, Compose(post)), info
+    return ModelSpaceSet(base, Compose(post), patcher), info
 
 
 def _mag2(image: torch.Tensor, kind: str) -> np.ndarray:

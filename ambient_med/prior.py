@@ -5,7 +5,13 @@ The file holds the EMA weights of the preconditioned denoiser and JSON metadata 
 kind, ``sigma_n`` in data and model space, the intensity scale ``s``, ``sigma_data``, the noise
 model and a training summary. Loading never unpickles: a prior file is data, never code.
 
-All methods work in *model space* (data divided by ``scale``); ``to_model`` / ``to_data`` convert.
+Units. The public methods (``denoise``, ``score``, ``posterior``, ``sample``) take and return
+images and ``sigma`` in the units of the user's data: what ``ambient-med estimate-noise`` prints,
+per real channel. Complex images are complex tensors ``(N, C, *spatial)``; inside, each becomes
+2 real channels (re, im) (DESIGN section 2) and the result is complex again. Real tensors with
+the model's channel layout are accepted too and come back real. The network lives in *model
+space* (data divided by the scale ``s``): experts reach it with ``space="model"`` or
+``denoise_model``, and ``to_model`` / ``to_data`` / ``sigma_to_model`` convert.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import torch
 from .errors import DataError
 from .networks import EDMDenoiser, NetworkConfig
 from .sampling import denoise_posterior, sample as _sample
-from .utils import as_sigma
+from .mri.complex import channels_to_complex, complex_to_channels
+from .utils import append_dims, as_sigma
 
 FORMAT_VERSION = 1
 METADATA_KEY = "ambient_med"
@@ -114,46 +121,132 @@ class AmbientPrior:
 
     @property
     def sigma_n(self) -> float:
-        """The training data's noise level in model space."""
-        return self.metadata.sigma_n_model
+        """The training data's noise level in the units of the data (what ``estimate-noise``
+        printed), per real channel; ``metadata.sigma_n_model`` is the same in model space."""
+        return self.metadata.sigma_n_data
+
+    @property
+    def is_complex(self) -> bool:
+        """Complex images, stored as (re, im) channel pairs."""
+        return self.metadata.data_kind == "complex" and self.metadata.channels % 2 == 0
 
     def to(self, device) -> "AmbientPrior":
         self.model.to(device)
         return self
 
+    # ---------------------------------------------------------------- units
     def to_model(self, x_data: torch.Tensor) -> torch.Tensor:
-        return x_data / self.metadata.scale
+        """Data units -> model space: complex ``(N, C, *spatial)`` -> ``2C`` real channels
+        (re, im), then divided by the scale ``s``. Real input must already have the model's
+        channel count (for complex priors: the interleaved (re, im) channels)."""
+        x = complex_to_channels(x_data, dim=1) if torch.is_complex(x_data) else x_data
+        if torch.is_complex(x_data) and not self.is_complex:
+            raise ValueError(f"this prior was trained on {self.metadata.data_kind} images; "
+                             "pass a real tensor, not a complex one")
+        if x.ndim != self.metadata.spatial_dims + 2 or x.shape[1] != self.metadata.channels:
+            want = (f"complex (N, {self.metadata.channels // 2}, *spatial) or real "
+                    if self.is_complex else "")
+            raise ValueError(f"expected {want}(N, {self.metadata.channels}, *spatial) with "
+                             f"{self.metadata.spatial_dims} spatial dims, got shape "
+                             f"{tuple(x_data.shape)}{' complex' if torch.is_complex(x_data) else ''}")
+        return x / self.metadata.scale
 
-    def to_data(self, x_model: torch.Tensor) -> torch.Tensor:
-        return x_model * self.metadata.scale
+    def to_data(self, x_model: torch.Tensor, as_complex: bool | None = None,
+                channel_dim: int = 1) -> torch.Tensor:
+        """Model space -> data units (times ``s``); complex priors give complex tensors unless
+        ``as_complex=False`` (then the interleaved (re, im) real channels)."""
+        x = x_model * self.metadata.scale
+        if self.is_complex if as_complex is None else as_complex:
+            x = channels_to_complex(x, dim=channel_dim)
+        return x
+
+    def sigma_to_model(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
+        """A noise std per real channel in data units -> model space (divided by ``s``)."""
+        return sigma / self.metadata.scale
+
+    def _check_space(self, space: str) -> None:
+        if space not in ("data", "model"):
+            raise ValueError(f"space must be 'data' (the units of your images, what "
+                             f"estimate-noise prints) or 'model', got {space!r}")
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        """``E[x0 | x_sigma]`` (model space). ``sigma`` is per real channel; scalar or per sample."""
-        return self.model(x, as_sigma(sigma, x))
+    def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, *,
+                space: str = "data") -> torch.Tensor:
+        """Posterior mean ``E[x0 | x_sigma]`` of an image ``x`` carrying white Gaussian noise of
+        std ``sigma`` per real channel (scalar or per sample). Data units in and out (complex in,
+        complex out); ``space="model"`` takes and returns model-space tensors. ``sigma = 0``
+        returns ``x`` unchanged (the clean image is its own posterior mean)."""
+        self._check_space(space)
+        if space == "model":
+            return self.denoise_model(x, sigma)
+        zero = as_sigma(torch.as_tensor(sigma, dtype=torch.float32), x.real) == 0
+        if bool(zero.all()):          # exactly the input: no round trip through model units
+            return x.clone()
+        s = torch.as_tensor(self.sigma_to_model(sigma))
+        out = self.to_data(self.denoise_model(self.to_model(x), s), as_complex=torch.is_complex(x))
+        return torch.where(append_dims(zero.to(out.device), x.ndim), x, out)
 
-    def score(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        """``grad log p_sigma(x) = (D(x, sigma) - x) / sigma^2`` (Tweedie). Differentiable in ``x``."""
+    @torch.no_grad()
+    def denoise_model(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """``denoise`` in model space (expert path): ``x`` real ``(N, C, *spatial)``, ``sigma``
+        the model-space std. Pixels of samples with ``sigma = 0`` are returned unchanged."""
         s = as_sigma(sigma, x)
-        from .utils import append_dims
-        return (self.model(x, s) - x) / append_dims(s, x.ndim) ** 2
+        zero = s == 0
+        if bool(zero.all()):
+            return x.clone()
+        d = self.model(x, torch.where(zero, torch.ones_like(s), s))
+        return torch.where(append_dims(zero, x.ndim), x, d)
 
-    def sample(self, n: int, steps: int = 32, mode: str = "full", *, shape: tuple[int, ...] | None = None,
-               sampler: str = "heun", generator: torch.Generator | None = None,
-               callback=None, **kwargs) -> torch.Tensor:
-        """``n`` samples of the clean distribution (model space). ``shape`` is spatial; it defaults
-        to the training patch size. ``mode`` is ``full`` or ``truncated`` (stop at ``sigma_n``)."""
+    def score(self, x: torch.Tensor, sigma: float | torch.Tensor, *,
+              space: str = "data") -> torch.Tensor:
+        """``grad_x log p_sigma(x) = (E[x0 | x] - x) / sigma^2`` (Tweedie), differentiable in
+        ``x``. Data units by default: ``x`` and ``sigma`` as your images, the score in 1/data
+        units (complex: ``d/dRe + i d/dIm``); ``space="model"`` for model-space tensors."""
+        self._check_space(space)
+        if space == "model":
+            s = as_sigma(sigma, x)
+            return (self.model(x, s) - x) / append_dims(s, x.ndim) ** 2
+        xm = self.to_model(x)
+        sm = as_sigma(self.sigma_to_model(torch.as_tensor(sigma, dtype=xm.dtype)), xm)
+        score_m = (self.model(xm, sm) - xm) / append_dims(sm, xm.ndim) ** 2
+        # d/dx_data = d/dx_model / s
+        return self.to_data(score_m, as_complex=torch.is_complex(x)) / self.metadata.scale ** 2
+
+    def sample(self, n: int, steps: int | None = None, mode: str = "full", *,
+               shape: tuple[int, ...] | None = None, sampler: str = "heun",
+               generator: torch.Generator | None = None, callback=None, space: str = "data",
+               **kwargs) -> torch.Tensor:
+        """``n`` samples of the clean distribution, in data units (complex priors: complex
+        ``(n, C/2, *shape)``) or, with ``space="model"``, model space ``(n, C, *shape)``.
+        ``shape`` is spatial; it defaults to the training patch size. ``mode`` is ``full`` or
+        ``truncated`` (stop at ``sigma_n``). ``steps`` defaults to the sampler's calibrated count
+        (``sampling.DEFAULT_STEPS``)."""
+        self._check_space(space)
         if shape is None:
             shape = tuple(self.metadata.training.get("image_shape", ()))
             if not shape:
                 raise ValueError("pass shape=...: the prior does not record an image shape")
         full_shape = (n, self.metadata.channels, *shape)
-        return _sample(self.model, full_shape, steps=steps, sampler=sampler, mode=mode,
-                       sigma_n=self.sigma_n, device=self.device, generator=generator,
-                       callback=callback, **kwargs)
+        x = _sample(self.model, full_shape, steps=steps, sampler=sampler, mode=mode,
+                    sigma_n=self.metadata.sigma_n_model, device=self.device,
+                    generator=generator, callback=callback, **kwargs)
+        return x if space == "model" else self.to_data(x)
 
-    def posterior(self, y: torch.Tensor, sigma_y: float, n_samples: int = 8, steps: int = 16,
+    def posterior(self, y: torch.Tensor, sigma_y: float, n_samples: int = 8, *,
+                  steps: int | None = None, sampler: str | None = None, space: str = "data",
                   **kwargs) -> dict[str, torch.Tensor]:
-        """Posterior mean, samples and per-pixel std for ``y = x0 + sigma_y e`` (model space)."""
-        return denoise_posterior(self.model, y, sigma_y, n_samples=n_samples, steps=steps, **kwargs)
+        """Posterior of ``x0`` given ``y = x0 + sigma_y e``: ``{"mean", "samples" (S, N, ...),
+        "std"}`` (std: per real channel; for complex data ``std`` is complex, real part the
+        std of the real parts, imaginary part that of the imaginary parts). Data units in and
+        out unless ``space="model"``. ``steps`` and ``sampler`` default to those of
+        :func:`ambient_med.sampling.denoise_posterior`."""
+        self._check_space(space)
+        opts = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
+        if space == "model":
+            return denoise_posterior(self.model, y, sigma_y, n_samples=n_samples, **opts, **kwargs)
+        post = denoise_posterior(self.model, self.to_model(y), float(self.sigma_to_model(sigma_y)),
+                                 n_samples=n_samples, **opts, **kwargs)
+        c = torch.is_complex(y)
+        return {"mean": self.to_data(post["mean"], c), "std": self.to_data(post["std"], c),
+                "samples": self.to_data(post["samples"], c, channel_dim=2)}

@@ -47,11 +47,10 @@ def output_paths(out: str | Path) -> list[Path]:
     return [out.with_suffix(".png"), out.with_suffix(".npy")]
 
 
-def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps: int = 32,
+def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps: int | None = None,
                   mode: str = "full", sampler: str = "heun", seed: int = 0, device: str = "auto",
                   overwrite: bool = False) -> list[Path]:
     from .images import save_grid, to_display
-    from .mri.complex import channels_to_complex
     from .utils import resolve_device
 
     if mode not in ("full", "truncated"):
@@ -67,7 +66,7 @@ def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps:
     if mode == "truncated" and prior.sigma_n <= 0:
         raise ConfigError("--mode truncated needs a prior trained on noisy data (sigma_n > 0)")
     g = torch.Generator(device=dev).manual_seed(seed)
-    x = prior.sample(n, steps=steps, mode=mode, sampler=sampler, generator=g)
+    x = prior.sample(n, steps=steps, mode=mode, sampler=sampler, generator=g, space="model")
     written = []
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -75,9 +74,7 @@ def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps:
             written.append(save_grid([(f"{mode} samples",
                                        to_display(x, prior.metadata.data_kind == "complex"))], p))
         else:
-            a = prior.to_data(x).cpu().numpy()
-            if prior.metadata.data_kind == "complex":
-                a = channels_to_complex(a, dim=1)
+            a = prior.to_data(x).cpu().numpy()   # data units; complex priors: complex arrays
             tmp = p.with_name(p.stem + ".tmp.npy")
             np.save(tmp, a)
             tmp.replace(p)

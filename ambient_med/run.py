@@ -25,9 +25,11 @@ from typing import Callable
 import torch
 import yaml
 
+from .autoprotocol import check_reader, choose_protocol
 from .checkpoint import list_checkpoints
 from .config import Protocol, apply_overrides, load_protocol, load_resolved, save_resolved
 from .errors import AmbientMedError, ConfigError, DataError
+from .io.discover import discover
 from .losses import LossConfig
 from .networks import EDMDenoiser, NetworkConfig, count_parameters
 from .prior import AmbientPrior, PriorMetadata
@@ -88,7 +90,8 @@ def load_data(paths: list[str], protocol: Protocol, sigma_n: str | float,
             paths, sigma_n=sigma_n, kind=d.kind, spatial_dims=d.spatial_dims,
             patch_size=tuple(d.patch_size) if d.patch_size else None, cache_dir=cache,
             coil_maps=d.coil_maps, num_workers=min(d.num_workers, os.cpu_count() or 1),
-            noise_model=d.noise_model, noise_estimator=d.noise_estimator, n_coils=d.n_coils)
+            noise_model=d.noise_model, noise_estimator=d.noise_estimator, n_coils=d.n_coils,
+            reorient=d.reorient)
     except ValueError as e:
         if isinstance(e, AmbientMedError):
             raise
@@ -171,7 +174,7 @@ def write_previews(prior: AmbientPrior, protocol: Protocol, path: Path, n: int) 
         return None
     s = protocol.sampler
     g = torch.Generator(device=prior.device).manual_seed(0)
-    x = prior.sample(n, steps=s.steps, mode=s.mode, sampler=s.sampler, generator=g,
+    x = prior.sample(n, steps=s.steps, mode=s.mode, sampler=s.sampler, generator=g, space="model",
                      **({"churn": s.churn} if s.sampler == "heun" else {}))
     return save_grid([("samples", to_display(x, prior.metadata.data_kind == "complex"))], path)
 
@@ -190,16 +193,20 @@ class RunResult:
     dataset: object = None
 
 
-def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fastmri-knee-multicoil",
+def run_training(data: list[str], out: str | Path, *, protocol: str | Path | None = None,
                  sigma_n: str | float | None = None, steps: int | None = None,
                  batch_size: int | None = None, device: str = "auto", resume: bool = False,
                  n_coils: int | None = None, noise_model: str | None = None,
                  overwrite: bool = False, previews: int | None = None,
                  on_start: Callable[[Protocol, object, int], None] | None = None,
                  callback: Callable[[int, dict], None] | None = None,
-                 handle_signals: bool = True, stop_after: int | None = None) -> RunResult:
+                 handle_signals: bool = True, stop_after: int | None = None,
+                 log: Callable[[str], None] | None = None) -> RunResult:
     """Everything ``ambient-med train`` does. ``on_start(protocol, info, start_step)`` and
-    ``callback(step, metrics_row)`` let the CLI show progress (called on rank 0 only)."""
+    ``callback(step, metrics_row)`` let the CLI show progress (called on rank 0 only).
+
+    ``protocol=None`` chooses one from the data (:func:`ambient_med.autoprotocol.choose_protocol`)
+    and says so through ``log``; the protocol's ``data.reader`` refuses files of another format."""
     out = Path(out)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
@@ -213,7 +220,13 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path = "fa
         if sigma_n is None and "sigma_n_data" in saved:  # the same sigma_n as the first run
             sigma_n = saved["sigma_n_data"]
     else:
+        if protocol is None:
+            name, why = choose_protocol(discover(list(data)))
+            if log is not None and rank == 0:
+                log(f"protocol: {name} (chosen from the data: {why}; pass --protocol to choose)")
+            protocol = name
         proto = load_protocol(protocol)
+    check_reader(proto.data.reader, proto.name, discover(list(data)))
     proto = apply_overrides(proto, {"train": {"steps": steps, "batch_size": batch_size,
                                               "num_workers": min(proto.train.num_workers,
                                                                  os.cpu_count() or 1)},

@@ -21,9 +21,15 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import load_latest, save_checkpoint
+from .checkpoint import list_checkpoints, load_latest, save_checkpoint
+from .errors import AmbientMedError
 from .losses import LossConfig, objective_loss
 from .networks import EDMDenoiser
+
+
+class NonFiniteLossError(AmbientMedError, RuntimeError):
+    """The loss or the gradient became NaN or infinite: the run stops before anything computed
+    from those steps (checkpoint, prior) is written; the last good checkpoint stays."""
 
 
 @dataclass
@@ -75,13 +81,19 @@ class TensorDataset(Dataset):
 class ResumableSampler(Sampler[int]):
     """An endless stream of indices, a fresh permutation per epoch drawn from ``(seed, epoch)``,
     split across ``world_size`` ranks, starting at ``start`` (the number already consumed by
-    this rank), so that resuming needs only the step count."""
+    this rank), so that resuming needs only the step count.
 
-    def __init__(self, n: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1):
+    With ``keyed`` it yields ``DrawKey(index, epoch, seed)`` instead of ``index``: datasets with
+    random per-draw stages (patches, see ``ModelSpaceSet``) then draw them as a pure function
+    of the key, never from a generator's history, so workers, ranks and resumed runs agree."""
+
+    def __init__(self, n: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1,
+                 keyed: bool = False):
         if n == 0:
             raise ValueError("the dataset is empty")
         self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world_size
         self.per_rank = max(n // world_size, 1)
+        self.keyed = keyed
 
     def __iter__(self) -> Iterator[int]:
         epoch, offset = divmod(self.start, self.per_rank)
@@ -90,7 +102,12 @@ class ResumableSampler(Sampler[int]):
             perm = torch.randperm(self.n, generator=g)
             if self.n >= self.world:
                 perm = perm[self.rank: self.per_rank * self.world: self.world]
-            yield from perm[offset:].tolist()
+            if self.keyed:
+                from .datasets import DrawKey
+
+                yield from (DrawKey(i, epoch, self.seed) for i in perm[offset:].tolist())
+            else:
+                yield from perm[offset:].tolist()
             epoch, offset = epoch + 1, 0
 
     def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
@@ -171,6 +188,10 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
     checkpoint there is restored (model, EMA, optimizer, RNG, step). ``stop_after`` ends the
     run early at that step with a checkpoint (used by tests of resume). ``callback(step, row)``
     receives each logged metrics row (for progress bars). Returns the EMA model.
+
+    A NaN or infinite loss or gradient raises :class:`NonFiniteLossError` at the next log,
+    checkpoint or final step, before anything computed from it is written: the checkpoints on
+    disk (and hence ``--resume``) stay those of the last good state, and no prior is made.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = _dist()
@@ -202,12 +223,33 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = ResumableSampler(len(dataset), cfg.seed, start=step * cfg.batch_size,
-                               rank=rank, world_size=world)
+                               rank=rank, world_size=world,
+                               keyed=getattr(dataset, "keyed_draws", False))
     loader = _batches(dataset, sampler, cfg, device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.mixed_precision and device.type == "cuda" else torch.autocast("cpu", enabled=False))
 
+    # NaN/inf guard without a GPU sync per step: a flag accumulated on the device, read at the
+    # log, checkpoint and end steps (the same steps on every rank), always before a write.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    checked = {"step": step}
+
+    def check_finite():
+        flag = nonfinite.float().reshape(1)
+        if world > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            ck = list_checkpoints(ckpt_dir) if ckpt_dir is not None else []
+            kept = (f"the last good checkpoint, step {ck[-1][0]}, is kept in {ckpt_dir}; lower "
+                    f"train.lr in {run_dir / 'config.yaml'} and continue with --resume"
+                    if ck else "no checkpoint was written; lower the learning rate (train.lr)")
+            raise NonFiniteLossError(
+                f"training stopped: the loss or gradient became non-finite (NaN or inf) between "
+                f"steps {checked['step'] + 1} and {step}; nothing from those steps was saved; {kept}")
+        checked["step"] = step
+
     def checkpoint():
+        check_finite()
         if ckpt_dir is None:
             return
         gens = [gen.get_state()]
@@ -254,10 +296,12 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             # accumulate on the device: a float() per step would sync the GPU every step
             acc["loss"] = acc.get("loss", 0.0) + out.loss.detach().double()
             acc["grad_norm"] = acc.get("grad_norm", 0.0) + gnorm.detach().double()
+            nonfinite |= ~(torch.isfinite(out.loss.detach()) & torch.isfinite(gnorm.detach()))
             for k, v in out.parts.items():
                 acc[k] = acc.get(k, 0.0) + v.double()
             n_log += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
+                check_finite()
                 dt = time.perf_counter() - t_log
                 row = {"step": step, **{k: float(v) / n_log for k, v in acc.items()},
                        "lr": _lr(cfg, step - 1), "steps_per_sec": n_log / dt,
@@ -283,6 +327,7 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
                 break
         if not stopping and (step == cfg.steps or step == stop_after):
             checkpoint()
+        check_finite()  # also without a run folder: never return NaN weights as a result
     finally:
         stop.restore()
         if metrics is not None:

@@ -256,6 +256,16 @@ class ScaleWithNoised(_PerKey):
         return d
 
 
+def patch_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of item ``index``'s random patch in ``epoch`` of a run seeded ``seed``.
+
+    A patch is a pure function of ``(seed, epoch, index)`` (NumPy ``SeedSequence`` hashing of the
+    three integers), never of a generator's history: the same item gets the same patch in any
+    process, DataLoader workers never replay each other's offsets, and a resumed run draws the
+    patches the uninterrupted run would have drawn."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
+
+
 class RandPatch(Randomizable, Transform):
     """Random N-D patch of ``patch_size`` from (C, *spatial); axes shorter than the patch are
     first reflect-padded (mirrored data keeps the per-pixel noise std, zeros would not)."""
@@ -288,7 +298,8 @@ class RandPatch(Randomizable, Transform):
 
 
 class RandPatchd(Randomizable, MapTransform):
-    """Dictionary twin: the same patch location for every key."""
+    """Dictionary twin: the same patch location for every key. ``draw(data, seed)`` cuts the
+    patch that ``seed`` (see :func:`patch_seed`) determines, whatever was drawn before."""
 
     def __init__(self, keys: KeysCollection = "image", patch_size: Sequence[int] = (64, 64),
                  allow_missing_keys: bool = False):
@@ -302,6 +313,10 @@ class RandPatchd(Randomizable, MapTransform):
 
     def randomize(self, data=None) -> None:
         self.patcher.randomize(data)
+
+    def draw(self, data: Mapping[Hashable, Any], seed: int) -> dict:
+        self.set_random_state(seed=int(seed) % 2**32)
+        return self(data)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)

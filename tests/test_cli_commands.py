@@ -76,7 +76,8 @@ def test_info_describes_the_prior(trained):
     prior = AmbientPrior.load(trained["out"] / "prior.safetensors")
     assert d["parameters"] == count_parameters(prior.model)
     assert d["image_shape"] == [16, 16] and d["data_kind"] == "complex"
-    assert d["sigma_n_model"] == pytest.approx(prior.sigma_n)
+    assert d["sigma_n_data"] == pytest.approx(prior.sigma_n)           # data units, as estimate-noise
+    assert d["sigma_n_model"] == pytest.approx(prior.metadata.sigma_n_model)
     text = cli("info", trained["out"]).stdout          # a run folder works too
     assert "parameters" in text and str(d["parameters"]) in text
 
@@ -132,12 +133,21 @@ def test_demo_small(tmp_path):
 
     with one_thread():
         rep = run_demo(tmp_path / "demo", steps=3, device="cpu", n_files=1, slices=16,
-                       previews=2, posterior_samples=2, log=lambda m: None)
+                       previews=2, posterior_samples=2, noise_samples=2, log=lambda m: None)
     f = rep["figures"]
     assert (tmp_path / "demo" / "report.png").stat().st_size > 0
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["steps"] == 3
     assert abs(f["estimated_sigma_n_training_set"] / f["true_sigma_n"] - 1) < 0.2
     assert 10 < f["psnr_noisy_db"] < 40 and np.isfinite(f["psnr_denoised_db"])
     assert "true sigma_n" in rep["table"] and "PSNR denoised" in rep["table"]
+    # both priors trained with the same budget, and the number that tells them apart
+    assert (tmp_path / "demo" / "run-naive" / "prior.safetensors").is_file()
+    assert (tmp_path / "demo" / "run-ambient-consistency" / "prior.safetensors").is_file()
+    residual = f["background_noise_over_sigma_n"]
+    assert set(residual) == {"naive", "ambient+consistency", "noisy data"}
+    assert 0.8 < residual["noisy data"] < 2.0          # the background holds noise only
+    assert f["background_pixels"] > 0 and all(np.isfinite(v) for v in residual.values())
+    md = (tmp_path / "demo" / "report.md").read_text()
+    assert "naive samples" in md and "ambient+consistency samples" in md
     r = cli("demo", "--out", tmp_path / "demo", "--steps", "1")
     assert_user_error(r, "exists", "--overwrite")

@@ -58,7 +58,7 @@ def test_noise_model_keys_select_or_refuse():
 
 def test_protocol_naming_a_missing_noise_model_is_refused_at_load():
     with pytest.raises(ConfigError) as e:
-        load_protocol("microscopy-2d")
+        protocol_from_dict({"data": {"noise_model": "poisson-gaussian"}})
     msg = str(e.value)
     assert "poisson-gaussian" in msg and "not implemented" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="noise-scan"):
