@@ -247,6 +247,40 @@ def recon(
             typer.echo(f"wrote {p}")
 
 
+# ------------------------------------------------------------------------------------- audit
+@app.command()
+def audit(
+    prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Training images, .npy (N, [C,] *spatial) in data units."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out images of the same kind (.npy), for the reconstruction attack."),
+    n_samples: int = typer.Option(64, "--n-samples", min=1, help="Prior samples for the nearest-neighbour check."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: calibrated)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON report here (default: print it)."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+):
+    """Memorisation audit: nearest-training-image correlation of samples, reconstruction attack."""
+    from .audit import audit as run_audit, load_images
+    from .prior import AmbientPrior
+    from .prior_tools import _prior_path
+
+    with user_errors():
+        if out is not None and out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists")
+        pr = AmbientPrior.load(_prior_path(prior), device="cpu")
+        train_x = load_images(data, pr)
+        held = None if heldout is None else load_images(heldout, pr)
+        report = run_audit(pr, train_x, heldout=held, n_samples=n_samples, steps=steps, seed=seed)
+        report.update(prior=str(_prior_path(prior)), data=str(data))
+        text = json.dumps(report, indent=2)
+        if out is None:
+            typer.echo(text)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
+            typer.echo(f"wrote {out}")
+
+
 # -------------------------------------------------------------------------------------- info
 @app.command()
 def info(prior: Path = typer.Argument(..., help="A prior.safetensors file (or its run folder)."),

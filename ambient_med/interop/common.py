@@ -8,7 +8,7 @@ from ambient_med.utils import append_dims, as_sigma
 
 
 def prior_denoise(prior, x: torch.Tensor, sigma, space: str = "data") -> torch.Tensor:
-    """``D(x, sigma)`` of ``prior`` on real channels, differentiable; see the module docstring."""
+    """``D(x, sigma)`` of ``prior`` on real channels, differentiable; units as in :mod:`ambient_med.interop.deepinv`."""
     if space not in ("data", "model"):
         raise ValueError(f"space must be 'data' or 'model', got {space!r}")
     if torch.is_complex(x):
