@@ -159,6 +159,128 @@ def sample(
             typer.echo(f"wrote {p}")
 
 
+# ------------------------------------------------------------------------------------- recon
+@app.command()
+def recon(
+    prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder) of complex images."),
+    data: Path = typer.Option(..., "--data", "-d", help="Undersampled k-space: fastMRI-style .h5 (kspace + mask) or BART .cfl."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: X.h5 (reconstruction_mean/_std), X.npy or X.nii.gz (plus X_std.*)."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Mask file (.npy or BART .cfl); default: the HDF5 'mask' dataset, else the acquired (non-zero) lines."),
+    method: str = typer.Option("dc", "--method", help="dc (data consistency, one network call per step) | dps (guidance through the network)."),
+    samples: int = typer.Option(8, "--samples", min=1, help="Posterior samples per slice (mean and std over them)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the calibrated 128)."),
+    sigma: str = typer.Option("auto", "--sigma", help="'auto' or the k-space noise std per real channel (data units)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Reconstruct undersampled multi-coil k-space with the prior: posterior mean and std map."""
+    from .errors import AmbientMedError, ConfigError, DataError
+
+    with user_errors():
+        import numpy as np
+        import torch
+
+        from .prior import AmbientPrior
+        from .prior_tools import _prior_path
+        from .recon.files import output_paths, read_undersampled, write_reconstruction
+        from .recon.samplers import RECON_STEPS
+        from .utils import resolve_device
+
+        if method not in ("dc", "dps"):
+            raise ConfigError(f"--method must be 'dc' or 'dps', got {method!r}")
+        try:
+            sig = sigma if sigma == "auto" else float(sigma)
+        except ValueError:
+            raise ConfigError(f"--sigma must be 'auto' or a number, got {sigma!r}") from None
+        if sig != "auto" and not (np.isfinite(sig) and sig > 0):
+            raise ConfigError(f"--sigma must be a positive number, got {sigma}")
+        for p in filter(None, output_paths(out)):
+            if p.exists() and not overwrite:
+                raise FileExistsError(f"{p} exists")
+        dev = resolve_device(device)
+        ppath = _prior_path(prior)
+        pr = AmbientPrior.load(ppath, device=dev)
+        m = pr.metadata
+        if not pr.is_complex or m.channels != 2 or m.spatial_dims != 2:
+            raise DataError(ppath, f"prior of {m.data_kind} {m.spatial_dims}-D images with "
+                                   f"{m.channels} channel(s) does not match k-space data "
+                                   "(needs single complex 2-D images: 2 real channels)")
+        k, msk, where = read_undersampled(data, mask)
+        typer.echo(f"{data}: {k.shape[0]} slice(s), {k.shape[1]} coil(s), {k.shape[2]}x{k.shape[3]}; "
+                   f"mask from {where}, {100 * float(np.mean(np.broadcast_to(msk, k.shape[-msk.ndim:]) != 0)):.0f}% acquired", err=True)
+        n_steps = steps or RECON_STEPS
+        bar = None
+        if progress:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            import sys
+
+            bar = Progress(TextColumn("recon"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=Console(stderr=True), transient=not sys.stderr.isatty())
+            task = bar.add_task("recon", total=k.shape[0] * n_steps)
+            bar.start()
+        means, stds, sigmas = [], [], []
+        g = torch.Generator(device=dev).manual_seed(seed)
+        try:
+            for i in range(k.shape[0]):     # one slice at a time: memory stays that of one slice
+                cb = (lambda *a: bar.advance(task)) if bar is not None else None
+                try:
+                    r = pr.reconstruct(k[i], msk if msk.ndim < 4 else msk[min(i, msk.shape[0] - 1)],
+                                       sigma=sig, method=method, n_samples=samples, steps=n_steps,
+                                       generator=g, callback=cb)
+                except AmbientMedError as e:
+                    raise DataError(data, f"slice {i}: {getattr(e, 'problem', e)}") from None
+                means.append(r["mean"][0].cpu().numpy())
+                std = r["std"][0].cpu()
+                stds.append(torch.sqrt(std.real ** 2 + std.imag ** 2).numpy())
+                sigmas.append(r["sigma"])
+        finally:
+            if bar is not None:
+                bar.stop()
+        written = write_reconstruction(out, np.stack(means), np.stack(stds), overwrite=overwrite,
+                                       attrs={"method": method, "samples": samples,
+                                              "steps": n_steps, "sigma_k": float(np.mean(sigmas)),
+                                              "prior": str(ppath)})
+        for p in written:
+            typer.echo(f"wrote {p}")
+
+
+# ------------------------------------------------------------------------------------- audit
+@app.command()
+def audit(
+    prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Training images, .npy (N, [C,] *spatial) in data units."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out images of the same kind (.npy), for the reconstruction attack."),
+    n_samples: int = typer.Option(64, "--n-samples", min=1, help="Prior samples for the nearest-neighbour check."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: calibrated)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON report here (default: print it)."),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+):
+    """Memorisation audit: nearest-training-image correlation of samples, reconstruction attack."""
+    from .audit import audit as run_audit, load_images
+    from .prior import AmbientPrior
+    from .prior_tools import _prior_path
+
+    with user_errors():
+        if out is not None and out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists")
+        pr = AmbientPrior.load(_prior_path(prior), device="cpu")
+        train_x = load_images(data, pr)
+        held = None if heldout is None else load_images(heldout, pr)
+        report = run_audit(pr, train_x, heldout=held, n_samples=n_samples, steps=steps, seed=seed)
+        report.update(prior=str(_prior_path(prior)), data=str(data))
+        text = json.dumps(report, indent=2)
+        if out is None:
+            typer.echo(text)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
+            typer.echo(f"wrote {out}")
+
+
 # -------------------------------------------------------------------------------------- info
 @app.command()
 def info(prior: Path = typer.Argument(..., help="A prior.safetensors file (or its run folder)."),

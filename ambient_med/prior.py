@@ -250,3 +250,18 @@ class AmbientPrior:
         c = torch.is_complex(y)
         return {"mean": self.to_data(post["mean"], c), "std": self.to_data(post["std"], c),
                 "samples": self.to_data(post["samples"], c, channel_dim=2)}
+
+    def reconstruct(self, kspace, mask, *, maps=None, sigma: str | float = "auto",
+                    method: str = "dc", n_samples: int = 8, steps: int | None = None,
+                    generator: torch.Generator | None = None, callback=None,
+                    **kwargs) -> dict:
+        """Posterior reconstruction from undersampled multi-coil k-space ``(N, C, *spatial)`` or
+        ``(C, *spatial)`` in data units: ``{"mean", "std", "samples", "calls", ...}`` as complex
+        images in data units. SENSE model, ESPIRiT maps when ``maps`` is None, ``sigma="auto"``
+        estimated from the acquired readout edges; ``method`` ``"dc"`` or ``"dps"``. See
+        :func:`ambient_med.recon.prior_glue.reconstruct` for the math."""
+        from .recon.prior_glue import reconstruct
+
+        return reconstruct(self, kspace, mask, maps=maps, sigma=sigma, method=method,
+                           n_samples=n_samples, steps=steps, generator=generator,
+                           callback=callback, **kwargs)

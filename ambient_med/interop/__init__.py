@@ -1,0 +1,2 @@
+"""Adapters exposing an :class:`~ambient_med.prior.AmbientPrior` to other libraries (optional
+extras; each module imports its library lazily)."""
