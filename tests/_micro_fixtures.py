@@ -26,7 +26,7 @@ def write_cells_tif(path: Path, n: int = 8, size: int = 32, seed: int = 0, axes:
 
     _, noisy = cells_stack(n, size, seed)
     if axes is None:
-        tifffile.imwrite(path, noisy)
+        tifffile.imwrite(path, noisy, photometric="minisblack")
     else:
         tifffile.imwrite(path, noisy, imagej=True, metadata={"axes": axes})
     return Path(path)
