@@ -6,7 +6,10 @@ protocol's ``data.reader`` refuses files of another format (one line naming the 
                                              the file name says ``brain``
     NIfTI (``.nii``, ``.nii.gz``)          -> nifti-3d (magnitude volumes)
     BART ``.cfl``, NumPy ``.npy/.npz``     -> no packaged protocol: pass ``--protocol FILE.yaml``
-    TIFF (``.tif``, ``.tiff``)             -> not supported yet: refused with that message
+    TIFF / OME-TIFF (``.tif``, ``.tiff``),  -> microscopy-3d when the file's own metadata (OME-XML,
+    folders of PNG/TIFF frames                 ImageJ) names a Z axis with more than one plane,
+                                             otherwise microscopy-2d (planes; a page stack
+                                             without metadata is read plane by plane)
 """
 
 from __future__ import annotations
@@ -20,30 +23,22 @@ FORMATS = {".h5": "fastmri", ".hdf5": "fastmri", ".nii": "nifti", ".nii.gz": "ni
            ".tif": "tiff", ".tiff": "tiff"}
 DESCRIBE = {"fastmri": "fastMRI-style k-space HDF5", "nifti": "NIfTI magnitude volumes",
             "numpy": "NumPy image arrays", "cfl": "BART .cfl k-space", "tiff": "TIFF images"}
-TIFF_MESSAGE = ("TIFF is not supported by this version of ambient-med (a later release reads "
-                "TIFF stacks); save the frames as a NumPy .npy array and pass a protocol with "
-                "data.reader: numpy")
+DESCRIBE["tiff"] = "TIFF microscopy images or frame folders"
 
 
 def file_format(path: str | Path) -> str:
-    """The reader a file needs, from its name: fastmri | nifti | numpy | cfl | tiff | unknown."""
+    """The reader a file needs, from its name: fastmri | nifti | numpy | cfl | tiff | unknown
+    (a folder, which :func:`~ambient_med.io.discover` returns for PNG frames, is ``tiff``)."""
+    if Path(path).is_dir():
+        return "tiff"
     name = Path(path).name.lower()
     if name.endswith(".nii.gz"):
         return "nifti"
     return FORMATS.get(Path(name).suffix, "unknown")
 
 
-def refuse_unsupported(paths: list[str | Path]) -> None:
-    """Refuse inputs the package cannot read before any reader guesses at them: a ``.tif``
-    would otherwise be tried as HDF5 and get 'is not a readable HDF5 file'."""
-    for p in paths:
-        if file_format(p) == "tiff":
-            raise DataError(p, TIFF_MESSAGE)
-
-
 def check_reader(reader: str, protocol_name: str, files: list[Path]) -> None:
     """``data.reader`` acts: every file must be of the protocol's format (``auto``: any)."""
-    refuse_unsupported(files)
     if reader == "auto":
         return
     for f in files:
@@ -58,7 +53,21 @@ def check_reader(reader: str, protocol_name: str, files: list[Path]) -> None:
 
 
 def suggest(fmt: str) -> str | None:
-    return {"fastmri": "fastmri-knee-multicoil", "nifti": "nifti-3d"}.get(fmt)
+    return {"fastmri": "fastmri-knee-multicoil", "nifti": "nifti-3d", "tiff": "microscopy-2d"}.get(fmt)
+
+
+def _is_volume_stack(path: Path) -> bool:
+    """A TIFF whose own metadata (OME-XML / ImageJ, not a guess from the page count) names a Z
+    axis of more than one plane holds 3D volumes."""
+    if path.is_dir():
+        return False
+    try:
+        from .io.microscopy import TiffSource
+
+        src = TiffSource(path, 2)
+    except DataError:
+        return False  # unreadable: the reader reports it with its own message
+    return "Z" in src.axes and not src.axes_inferred
 
 
 def _is_brain(path: Path) -> tuple[bool, str]:
@@ -78,7 +87,6 @@ def _is_brain(path: Path) -> tuple[bool, str]:
 
 def choose_protocol(files: list[Path]) -> tuple[str, str]:
     """``(protocol name, why)`` for these files, or a ConfigError saying what to pass."""
-    refuse_unsupported(files)
     formats = sorted({file_format(f) for f in files})
     if len(formats) > 1:
         raise ConfigError(f"the inputs mix formats {formats} ({files[0]} ...); train on one "
@@ -90,6 +98,10 @@ def choose_protocol(files: list[Path]) -> tuple[str, str]:
         return ("fastmri-brain-multicoil" if brain else "fastmri-knee-multicoil"), why
     if fmt == "nifti":
         return "nifti-3d", DESCRIBE[fmt]
+    if fmt == "tiff":
+        if _is_volume_stack(files[0]):
+            return "microscopy-3d", "TIFF stack whose metadata names a Z axis (3D volumes)"
+        return "microscopy-2d", DESCRIBE[fmt]
     raise ConfigError(f"{files[0]}: no packaged protocol for {DESCRIBE.get(fmt, 'these files')}; "
                       "pass --protocol FILE.yaml (copy one from ambient_med/protocols and set "
                       f"data.reader: {fmt if fmt != 'unknown' else 'auto'})")

@@ -281,6 +281,49 @@ def audit(
             typer.echo(f"wrote {out}")
 
 
+# ----------------------------------------------------------------------------------- denoise
+@app.command()
+def denoise(
+    prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image file: .tif/.tiff, .nii/.nii.gz, .npy, .h5/.hdf5."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file, same format; the std map goes to OUT_std.EXT."),
+    sigma: str = typer.Option("auto", "--sigma", help="'auto' (fit the prior's noise model on the input), 'prior' (the training data's), or the noise std in data units."),
+    samples: int = typer.Option(0, "--samples", min=0, help="Posterior samples for the std map (>= 2 writes OUT_std)."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Tile size for images larger than it (default: the training patch)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Denoise an image with a prior: posterior mean (and std map) in the input's units and format."""
+    from .denoise_io import denoise_file
+
+    with user_errors():
+        sig: str | float = sigma.strip().lower()
+        if sig not in ("auto", "prior"):
+            try:
+                sig = float(sig)
+            except ValueError:
+                _fail(f"--sigma must be 'auto', 'prior' or a number, got {sigma!r}")
+            if not sig > 0 or sig == float("inf"):
+                _fail(f"--sigma must be a finite number > 0, got {sigma}")
+        bar = {}
+
+        def total(n):
+            if progress:
+                bar["b"] = typer.progressbar(length=n, label="denoising", file=__import__("sys").stderr)
+                bar["b"].__enter__()
+
+        try:
+            paths = denoise_file(prior, input, out, sigma=sig, samples=samples, tile=tile, device=device,
+                                 overwrite=overwrite, total=total,
+                                 progress=lambda k: bar["b"].update(k) if "b" in bar else None)
+        finally:
+            if "b" in bar:
+                bar["b"].__exit__(None, None, None)
+        for p in paths:
+            typer.echo(f"wrote {p}")
+
+
 # -------------------------------------------------------------------------------------- info
 @app.command()
 def info(prior: Path = typer.Argument(..., help="A prior.safetensors file (or its run folder)."),

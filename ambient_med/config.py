@@ -37,32 +37,31 @@ DEFAULT_PROTOCOL = "fastmri-knee-multicoil"
 @dataclass
 class DataConfig:
     """How files become training images. Every key acts: ``reader`` refuses files of another
-    format (``auto``: any; see :mod:`ambient_med.autoprotocol`), ``kind``, ``spatial_dims``,
-    ``patch_size``, ``coil_maps``, ``reorient``, ``sigma_n``, ``cache_dir`` and ``num_workers`` drive
-    ``build_training_set``. A protocol that names a feature the package lacks (``reader:
-    tiff``) is refused when it is loaded, never trained some other way. (There is no free-text
+    format (``auto``: any; ``tiff``: TIFF/OME-TIFF stacks and folders of PNG/TIFF frames, see
+    :mod:`ambient_med.io.microscopy`; see :mod:`ambient_med.autoprotocol`), ``kind``,
+    ``spatial_dims``, ``patch_size``, ``coil_maps``, ``reorient``, ``sigma_n``, ``noise_model``
+    (``poisson-gaussian``, ``rician``, ``noncentral-chi``: the data are variance-stabilised
+    before training, see :mod:`ambient_med.datasets`), ``cache_dir`` and ``num_workers`` drive
+    ``build_training_set``. A protocol that names a feature the package lacks is refused when
+    it is loaded, never trained some other way. (There is no free-text
     ``preprocessing`` key: a description cannot be checked, so it lives in YAML comments.)"""
 
-    reader: str = "auto"              # auto | fastmri | nifti | numpy | cfl
+    reader: str = "auto"              # auto | fastmri | nifti | numpy | cfl | tiff
     kind: str = "auto"                # training images: auto | complex | magnitude | intensity
     spatial_dims: int = 2
     patch_size: Union[list[int], None] = None
     coil_maps: bool = True
     reorient: bool = False            # 3D NIfTI: to the closest canonical (RAS+) voxel order
     sigma_n: Union[str, float] = "auto"
-    noise_model: str = "auto"         # auto | gaussian | rician | noncentral-chi (noise.resolve_noise_model)
+    noise_model: str = "auto"         # auto | gaussian | rician | noncentral-chi | poisson-gaussian
     noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno
     n_coils: Union[int, None] = None  # N of a magnitude (noncentral chi) model; None: from the file
     cache_dir: Union[str, None] = None
     num_workers: int = 0
 
     def __post_init__(self):
-        readers = ("auto", "fastmri", "nifti", "numpy", "cfl")
+        readers = ("auto", "fastmri", "nifti", "numpy", "cfl", "tiff")
         kinds = ("auto", "complex", "magnitude", "intensity")
-        if self.reader == "tiff":
-            from .autoprotocol import TIFF_MESSAGE
-
-            raise ValueError(f"reader 'tiff': {TIFF_MESSAGE}")
         if self.reader not in readers:
             raise ValueError(f"reader must be one of {readers}, got {self.reader!r}")
         if self.kind not in kinds:
@@ -71,9 +70,10 @@ class DataConfig:
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         from .noise import ESTIMATORS, NOISE_MODELS
 
-        if self.noise_model not in ("auto", *NOISE_MODELS):
+        models = ("auto", *NOISE_MODELS, "poisson-gaussian")
+        if self.noise_model not in models:
             raise ValueError(f"noise_model {self.noise_model!r} is not implemented in this version "
-                             f"(available: auto, {', '.join(NOISE_MODELS)})")
+                             f"(available: {', '.join(models)})")
         if self.noise_estimator not in ("auto", *ESTIMATORS):
             raise ValueError(f"noise_estimator {self.noise_estimator!r} is not implemented "
                              f"(available: auto, {', '.join(ESTIMATORS)})")

@@ -6,6 +6,20 @@ magnitude, ``s = sqrt(p99(|y|^2) - E|n|^2)`` with ``E|n|^2 = 2 sigma_n^2`` for c
 magnitude data and ``sigma_n^2`` for real intensities, over up to ``STAT_ITEMS`` items spread
 through the dataset, so model-space images have magnitude of order 1; ``sigma_n_model =
 sigma_n_data / s``; ``sigma_data = sqrt(var(y) - sigma_n^2)`` in model space (DESIGN section 3).
+
+Non-Gaussian noise (DESIGN section 6). The ambient objective is exact only for clean images plus
+white Gaussian noise of known std, so microscopy intensities (Poisson-Gaussian,
+``y = a Poisson(x/a) + N(mu, b)``) and magnitude volumes (Rician, or noncentral chi with
+``n_coils``) are first *variance-stabilised*: each file's :class:`ambient_med.noise.NoiseModel`
+is fitted (``sigma_n="auto"``: gain and read noise by
+:meth:`~ambient_med.noise.PoissonGaussian.estimate`; ``sigma`` by PIESNO for magnitudes) and
+every item becomes ``z = model.stabilise(y)`` (generalised Anscombe transform, resp. the
+noncentral-chi VST), whose noise is approximately Gaussian with **unit** variance. Training then
+sees ``sigma_n = 1`` in stabilised units, divided by the scale ``s`` of ``z`` as usual (the bias
+term of ``s`` is ``sigma_n^2 = 1``: the stabilised noise is additive). The model's ``to_dict()``
+is recorded in :attr:`DatasetInfo.noise` (and from there in the prior), so that inference
+stabilises its input the same way and returns ``invert_mean`` / ``invert_sample`` of the
+result in the units of the data.
 """
 
 from __future__ import annotations
@@ -58,6 +72,11 @@ class DatasetInfo:
     coil_maps: bool = True
     noise_model: str = "gaussian"     # of the training images: gaussian | rician | noncentral-chi
     n_coils: int | None = None        # the N of a magnitude noise model (None: not applicable)
+    # NoiseModel.to_dict() of the stabilisation applied to the training images (first file's;
+    # every file is stabilised with its own fit, listed in ``noise_files``); None: Gaussian,
+    # no stabilisation, ``sigma_n_*`` in the units of the data.
+    noise: dict | None = None
+    noise_files: dict = field(default_factory=dict)
     cache_dir: str | None = None
     settings: dict = field(default_factory=dict)
 
@@ -174,6 +193,65 @@ class ReorientCanonicald(MapTransform):
         return d
 
 
+class StabiliseNoised(MapTransform):
+    """``d[key] = model.stabilise(d[key])`` with the model ``noise.from_dict(d["noise"])`` the
+    item carries (None: unchanged). After it the item's noise is ~N(0, 1) per pixel."""
+
+    def __init__(self, keys: KeysCollection = "image"):
+        super().__init__(keys)
+
+    def __call__(self, data):
+        d = dict(data)
+        if d.get("noise") is None:
+            return d
+        model = noise.from_dict(d["noise"])
+        for key in self.key_iterator(d):
+            x = d[key]
+            z = model.stabilise(x.double() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64))
+            d[key] = torch.as_tensor(np.asarray(z) if not torch.is_tensor(z) else z, dtype=torch.float32)
+        return d
+
+
+STABILISED_MODELS = ("poisson-gaussian", "rician", "noncentral-chi")
+PG_STAT_ITEMS = 16
+
+
+def is_microscopy(src) -> bool:
+    from ambient_med.io.microscopy import PlaneStack
+
+    return isinstance(src, PlaneStack)
+
+
+def fit_noise_model(src, path: Path, model_name: str, n_coils: int | None, sigma_n,
+                    estimator: str = "auto"):
+    """The :class:`~ambient_med.noise.NoiseModel` that stabilises ``src`` (None: Gaussian,
+    no stabilisation). ``sigma_n="auto"`` fits it from the data; a number is the magnitude
+    model's ``sigma`` in data units (Poisson-Gaussian needs ``auto``: its ``a`` and ``b`` are
+    not one number)."""
+    if model_name == "poisson-gaussian":
+        if sigma_n != "auto":
+            raise ConfigError(f"{path}: noise_model poisson-gaussian fits the gain a and read noise b "
+                              "from the data: pass --sigma-n auto (or --noise-model gaussian with a number)")
+        idx = np.unique(np.linspace(0, len(src) - 1, min(PG_STAT_ITEMS, len(src))).round().astype(int))
+        frames = np.stack([src.read(int(i)) for i in idx])
+        try:
+            return noise.PoissonGaussian.estimate(frames)
+        except NoiseEstimateError as e:
+            raise NoiseEstimateError(f"{path}: {e}") from None
+    if model_name in ("rician", "noncentral-chi"):
+        if sigma_n == "auto":
+            est = _file_sigma(src, path, model_name, estimator, n_coils)
+            sigma, n = est.sigma, est.details.get("n_coils") or 1
+            m = noise.Rician(sigma) if model_name == "rician" else noise.NoncentralChi(sigma, n)
+            m.details = {"method": est.method, "uncertainty": est.uncertainty}
+            return m
+        if float(sigma_n) == 0:
+            return None
+        n = n_coils or getattr(src, "n_coils", None) or 1
+        return noise.Rician(float(sigma_n)) if model_name == "rician" else noise.NoncentralChi(float(sigma_n), n)
+    return None
+
+
 def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool,
                 reorient: bool = False) -> Compose:
     steps = [LoadSliced("image", spatial_dims=spatial_dims)]
@@ -187,6 +265,7 @@ def _preprocess(src_kind: str, kind: str, spatial_dims: int, coil_maps: bool,
     if kind == "magnitude" and src_kind in ("kspace", "complex"):
         steps.append(Lambdad("image", _rss_magnitude))
     steps.append(ComplexToChannelsd("image"))
+    steps.append(StabiliseNoised("image"))
     return Compose(steps)
 
 
@@ -234,8 +313,18 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     if src_kind == "kspace" and not coil_maps and len({s.n_coils for s in sources}) > 1:
         raise DataError(None, "coil counts differ between files; use coil_maps=True to combine coils")
     # the noise model and estimator (noise.resolve_noise_model): refused here if they do not fit
-    models = [noise.resolve_noise_model(src.kind, noise_model, noise_estimator, n_coils, src.n_coils, str(f))
-              for f, src in zip(files, sources)]
+    # Microscopy intensities: Poisson-Gaussian by default when sigma_n is measured (the
+    # estimators of noise.resolve_noise_model know Gaussian and magnitude models only).
+    micro = all(is_microscopy(s) for s in sources)
+    pg = noise_model == "poisson-gaussian" or (noise_model == "auto" and micro and sigma_n == "auto")
+    if pg and kind != "intensity":
+        raise ConfigError(f"{files[0]}: noise_model poisson-gaussian is for intensity data (microscopy); "
+                          f"these are {kind}")
+    if pg:
+        models = [("poisson-gaussian", "poisson-gaussian-fit", None) for _ in sources]
+    else:
+        models = [noise.resolve_noise_model(src.kind, noise_model, noise_estimator, n_coils, src.n_coils, str(f))
+                  for f, src in zip(files, sources)]
     train_model, train_n = models[0][0], models[0][2]
     if kind == "magnitude" and src_kind in ("kspace", "complex"):  # |coil combination| or RSS
         train_model = "rician" if coil_maps or src_kind == "complex" else "noncentral-chi"
@@ -249,9 +338,16 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
                 "reorient": reorient,
                 "virtual_coils": VIRTUAL_COILS if coil_maps else None,
                 "sigma_n": sigma_n}
-    items, file_method = [], {}
+    stabilise = train_model in STABILISED_MODELS and not (kind == "magnitude" and src_kind in ("kspace", "complex"))
+    items, file_method, file_noise = [], {}, {}
     for f, src in zip(files, sources):
-        if sigma_n != "auto":
+        model = fit_noise_model(src, f, train_model, n_coils, sigma_n, noise_estimator) if stabilise else None
+        if model is not None:
+            file_noise[str(f)] = model
+            s_n = 1.0  # the stabilised noise: unit variance
+            file_method[str(f)] = (f"{model.details.get('method', 'explicit')}; {model.name} VST",
+                                   float(model.details.get("uncertainty", 0.0)))
+        elif sigma_n != "auto":
             s_n = float(sigma_n)
         elif src_kind == "kspace":
             s_n = None  # measured per slice while whitening
@@ -263,6 +359,8 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
                     "settings": settings_hash(settings), "sigma_n": s_n}
             if str(f) in file_method:
                 item["noise_method"], item["noise_uncertainty"] = file_method[str(f)]
+            if str(f) in file_noise:
+                item["noise"] = file_noise[str(f)].to_dict()
             items.append(item)
     pre = _preprocess(src_kind, kind, spatial_dims, coil_maps, reorient)
     if cache_dir is not None:
@@ -283,7 +381,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     sig = np.array([float(s["sigma_n"]) for s in stats])
     sigma_n_data = float(np.median(sig))
     p2 = np.percentile(np.concatenate([_mag2(s["image"], kind).ravel() for s in stats]), 99)
-    bias = (sigma_n_data**2 if kind == "intensity" else 2 * sigma_n_data**2)
+    bias = (sigma_n_data**2 if kind == "intensity" or file_noise else 2 * sigma_n_data**2)
     scale = float(np.sqrt(p2 - bias)) if p2 > 2 * bias else float(np.sqrt(p2))
     if not np.isfinite(scale) or scale <= 0:
         raise DataError(None, f"cannot set an intensity scale: the data is all zeros ({files[0]} ...)")
@@ -313,7 +411,9 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
         noise_method=methods.most_common(1)[0][0],
         noise_uncertainty=float(np.median([float(s.get("noise_uncertainty", 0.0)) for s in stats])),
         sigma_data=sigma_data, n_items=len(items), coil_maps=coil_maps,
-        noise_model=train_model, n_coils=train_n,
+        noise_model=train_model if (file_noise or not stabilise) else "gaussian", n_coils=train_n,
+        noise=next(iter(file_noise.values())).to_dict() if file_noise else None,
+        noise_files={k: m.to_dict() for k, m in file_noise.items()},
         cache_dir=None if cache_dir is None else str(cache_dir), settings=settings,
     )
     return ModelSpaceSet(base, Compose(post), patcher), info

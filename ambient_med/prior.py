@@ -5,6 +5,19 @@ The file holds the EMA weights of the preconditioned denoiser and JSON metadata 
 kind, ``sigma_n`` in data and model space, the intensity scale ``s``, ``sigma_data``, the noise
 model and a training summary. Loading never unpickles: a prior file is data, never code.
 
+Noise models (DESIGN section 6). A prior trained on variance-stabilised data (Poisson-Gaussian
+microscopy, Rician / noncentral-chi magnitudes; see :mod:`ambient_med.datasets`) records the
+model as ``metadata.noise`` (``NoiseModel.to_dict()``); then "data units" of ``sigma_n_data``
+and ``scale`` are the *stabilised* units ``z = f(y)``, where the noise is ~N(0, 1). Its
+``denoise`` and ``posterior`` take the raw data ``y``, stabilise it, work at noise level 1 in
+``z`` and return the result in the units of ``y``: the posterior mean through the exact
+unbiased inverse ``invert_mean`` (``E[f(y) | c] = z_hat`` solved for the clean signal ``c``;
+the algebraic inverse would be biased by Jensen's inequality, Makitalo & Foi, IEEE TIP 20:99,
+2011), samples through the algebraic inverse ``invert_sample``, and the std map as the std of
+the inverted samples. Files written before noise models have no ``noise`` key: Gaussian.
+Files with a non-Gaussian model carry ``format_version`` 2, so that an older ambient-med,
+which would treat them as Gaussian, refuses them; Gaussian priors stay version 1.
+
 Units. The public methods (``denoise``, ``score``, ``posterior``, ``sample``) take and return
 images and ``sigma`` in the units of the user's data: what ``ambient-med estimate-noise`` prints,
 per real channel. Complex images are complex tensors ``(N, C, *spatial)``; inside, each becomes
@@ -28,7 +41,7 @@ from .sampling import denoise_posterior, sample as _sample
 from .mri.complex import channels_to_complex, complex_to_channels
 from .utils import append_dims, as_sigma
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # the newest this version reads; Gaussian priors are still written as 1
 METADATA_KEY = "ambient_med"
 
 
@@ -40,8 +53,9 @@ class PriorMetadata:
     sigma_n_model: float = 0.0
     scale: float = 1.0
     noise_model: str = "gaussian"
+    noise: dict | None = None             # NoiseModel.to_dict() of the stabilisation; None: Gaussian
     training: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
 
     @property
     def spatial_dims(self) -> int:
@@ -58,6 +72,9 @@ class PriorMetadata:
     def to_json(self) -> str:
         d = dict(self.__dict__)
         d.update(spatial_dims=self.spatial_dims, channels=self.channels, sigma_data=self.sigma_data)
+        if not self.noise:
+            d.pop("noise")
+        d["format_version"] = 2 if self.noise else 1
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -130,6 +147,46 @@ class AmbientPrior:
         """Complex images, stored as (re, im) channel pairs."""
         return self.metadata.data_kind == "complex" and self.metadata.channels % 2 == 0
 
+    @property
+    def noise_model(self):
+        """The :class:`~ambient_med.noise.NoiseModel` the training data were stabilised with,
+        or None (Gaussian noise, no stabilisation)."""
+        if not self.metadata.noise:
+            return None
+        from .noise import from_dict
+
+        return from_dict(self.metadata.noise)
+
+    def input_noise(self, x: torch.Tensor | None = None, sigma=None):
+        """The noise model of an input ``x`` in data units, for a prior with a noise model:
+        ``sigma`` a :class:`~ambient_med.noise.NoiseModel` (used as is), ``None`` or ``"prior"``
+        (the recorded one), ``"auto"`` (the recorded family fitted on ``x``), or a number (a
+        magnitude model's ``sigma`` in data units; refused for Poisson-Gaussian, whose noise is
+        not one number). None for Gaussian priors."""
+        from .noise import NoiseModel, NoncentralChi, PoissonGaussian, Rician
+
+        if isinstance(sigma, NoiseModel):
+            return sigma
+        rec = self.noise_model
+        if rec is None:
+            return None
+        if sigma is None or sigma == "prior":
+            return rec
+        if sigma == "auto":
+            if x is None:
+                raise ValueError("sigma='auto' needs the input image to fit the noise model on")
+            arr = x.detach().cpu().numpy()
+            if isinstance(rec, PoissonGaussian):
+                return PoissonGaussian.estimate(arr)
+            return type(rec).estimate(arr, **({} if isinstance(rec, Rician) else {"n_coils": rec.n_coils}))
+        if isinstance(rec, PoissonGaussian):
+            raise ValueError("this prior was trained on Poisson-Gaussian data: its noise is not one "
+                             "number; pass sigma='auto' (fit a, b on the input), 'prior' (the training "
+                             "data's a, b) or a PoissonGaussian model")
+        if isinstance(rec, Rician):
+            return Rician(float(sigma))
+        return NoncentralChi(float(sigma), rec.n_coils)
+
     def to(self, device) -> "AmbientPrior":
         self.model.to(device)
         return self
@@ -171,15 +228,30 @@ class AmbientPrior:
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, *,
+    def denoise(self, x: torch.Tensor, sigma=None, *,
                 space: str = "data") -> torch.Tensor:
         """Posterior mean ``E[x0 | x_sigma]`` of an image ``x`` carrying white Gaussian noise of
         std ``sigma`` per real channel (scalar or per sample). Data units in and out (complex in,
         complex out); ``space="model"`` takes and returns model-space tensors. ``sigma = 0``
-        returns ``x`` unchanged (the clean image is its own posterior mean)."""
+        returns ``x`` unchanged (the clean image is its own posterior mean); ``None``: the
+        training data's ``sigma_n``.
+
+        Priors with a noise model (``metadata.noise``): ``sigma`` picks the input's noise model
+        (:meth:`input_noise`); the result is ``invert_mean(D(stabilise(x), 1))`` in the units of
+        ``x`` (module docstring)."""
         self._check_space(space)
         if space == "model":
             return self.denoise_model(x, sigma)
+        model = self.input_noise(x, sigma)
+        if model is not None and model.name != "gaussian":
+            z = model.stabilise(x.float())
+            zm = self.to_model(z)
+            z_hat = self.to_data(self.denoise_model(zm, self.sigma_to_model(1.0)), as_complex=False)
+            return model.invert_mean(z_hat)
+        if model is not None:
+            sigma = model.sigma
+        if sigma is None:
+            sigma = self.sigma_n
         zero = as_sigma(torch.as_tensor(sigma, dtype=torch.float32), x.real) == 0
         if bool(zero.all()):          # exactly the input: no round trip through model units
             return x.clone()
@@ -233,18 +305,36 @@ class AmbientPrior:
                     generator=generator, callback=callback, **kwargs)
         return x if space == "model" else self.to_data(x)
 
-    def posterior(self, y: torch.Tensor, sigma_y: float, n_samples: int = 8, *,
+    def posterior(self, y: torch.Tensor, sigma_y=None, n_samples: int = 8, *,
                   steps: int | None = None, sampler: str | None = None, space: str = "data",
                   **kwargs) -> dict[str, torch.Tensor]:
         """Posterior of ``x0`` given ``y = x0 + sigma_y e``: ``{"mean", "samples" (S, N, ...),
         "std"}`` (std: per real channel; for complex data ``std`` is complex, real part the
-        std of the real parts, imaginary part that of the imaginary parts). Data units in and
+        std of the real parts, imaginary part that of the imaginary parts). Priors with a noise
+        model: ``sigma_y`` as in :meth:`denoise`; samples are stabilised-space posterior samples
+        mapped back by ``invert_sample``, ``mean`` by ``invert_mean``, ``std`` the per-pixel std
+        of the inverted samples, all in the units of ``y``. Data units in and
         out unless ``space="model"``. ``steps`` and ``sampler`` default to those of
         :func:`ambient_med.sampling.denoise_posterior`."""
         self._check_space(space)
         opts = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
         if space == "model":
             return denoise_posterior(self.model, y, sigma_y, n_samples=n_samples, **opts, **kwargs)
+        model = self.input_noise(y, sigma_y)
+        if model is not None and model.name != "gaussian":
+            # in z = f(y) the noise is N(0, 1): sample there, then map every sample back by the
+            # algebraic inverse and the mean by the unbiased one; std of the inverted samples
+            post = denoise_posterior(self.model, self.to_model(model.stabilise(y.float())),
+                                     float(self.sigma_to_model(1.0)), n_samples=n_samples,
+                                     **opts, **kwargs)
+            samples = model.invert_sample(self.to_data(post["samples"], False, channel_dim=2))
+            std = samples.std(0) if n_samples > 1 else torch.zeros_like(samples[0])
+            return {"mean": model.invert_mean(self.to_data(post["mean"], False)), "samples": samples,
+                    "std": std}
+        if model is not None:
+            sigma_y = model.sigma
+        if sigma_y is None:
+            sigma_y = self.sigma_n
         post = denoise_posterior(self.model, self.to_model(y), float(self.sigma_to_model(sigma_y)),
                                  n_samples=n_samples, **opts, **kwargs)
         c = torch.is_complex(y)

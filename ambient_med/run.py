@@ -150,6 +150,21 @@ def build_model(protocol: Protocol, info) -> tuple[EDMDenoiser, LossConfig]:
         raise ConfigError(f"{protocol.source}: {e}") from None
 
 
+def describe_noise(info) -> str:
+    """One line: the noise model the training images were stabilised with and its parameters
+    (or the Gaussian ``sigma_n``), as ``--sigma-n auto`` chose them."""
+    d = getattr(info, "noise", None)
+    if not d:
+        return (f"noise model: gaussian, sigma_n = {info.sigma_n_data:.6g} per real channel "
+                f"(data units; {info.noise_method})")
+    params = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
+                       for k, v in d.items() if k != "name")
+    more = len(getattr(info, "noise_files", {}) or {})
+    return (f"noise model: {d['name']} ({params}; {info.noise_method}"
+            + (f"; first of {more} files, each fitted on its own" if more > 1 else "")
+            + "); training on variance-stabilised images, sigma_n = 1")
+
+
 def write_prior(model: EDMDenoiser, info, protocol: Protocol, result: TrainResult,
                 path: Path) -> Path:
     kind = info.kind
@@ -159,6 +174,7 @@ def write_prior(model: EDMDenoiser, info, protocol: Protocol, result: TrainResul
         network=model.config.to_dict(), data_kind=kind, sigma_n_data=float(info.sigma_n_data),
         sigma_n_model=float(info.sigma_n_model), scale=float(info.scale),
         noise_model=getattr(info, "noise_model", protocol.data.noise_model),
+        noise=getattr(info, "noise", None),
         training={"image_shape": list(info.shape), "steps": result.step, "protocol": protocol.name,
                   "objective": protocol.loss.objective, "noise_method": info.noise_method,
                   "noise_uncertainty": float(info.noise_uncertainty), "files": len(info.files),
@@ -236,6 +252,8 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
     if len(dataset) == 0:
         raise DataError(None, "the dataset is empty")
     check_fit(proto, info)
+    if log is not None and rank == 0:
+        log(describe_noise(info))
     probe_first_item(dataset, info)
     if len(dataset) < proto.train.batch_size * world:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one batch "

@@ -1,6 +1,6 @@
 """The protocol comes from the data when the user names none, and the CLI says which; every
 protocol key acts: ``data.reader`` refuses files of another format, a protocol naming a reader
-the package lacks (TIFF) is refused at load time, and a ``.tif`` input gets a TIFF message
+the package lacks is refused at load time, and a broken ``.tif`` input gets a TIFF message
 rather than 'not a readable HDF5 file'."""
 
 from __future__ import annotations
@@ -63,16 +63,21 @@ def test_reader_refuses_files_of_another_format(env):
     assert_user_error(r, "volume.nii.gz", "NIfTI", "reader: fastmri", "--protocol nifti-3d")
 
 
-def test_tiff_is_refused_with_a_tiff_message(env):
+def test_a_broken_tiff_gets_a_tiff_message(env):
+    """TIFF is read now: a corrupt .tif is reported by the TIFF reader (never tried as HDF5),
+    a fastMRI protocol refuses it by format, and microscopy-2d refuses k-space files."""
     tif = env["tmp"] / "cells.tif"
     tif.write_bytes(b"II*\x00" + bytes(64))
-    for extra in ([], ["--protocol", env["proto"]]):
-        r = cli("train", "--data", tif, "--out", env["tmp"] / "tif", "--no-progress", *extra)
-        line = assert_user_error(r, "cells.tif", "TIFF is not supported")
-        assert "HDF5" not in line
+    r = cli("train", "--data", tif, "--out", env["tmp"] / "tif", "--no-progress")
+    assert "protocol: microscopy-2d" in r.stderr          # chosen from the file name, said once
+    r.stderr_bytes = "\n".join(ln for ln in r.stderr.splitlines() if not ln.startswith("protocol:")).encode()
+    line = assert_user_error(r, "cells.tif", "TIFF")
+    assert "HDF5" not in line
+    r = cli("train", "--data", tif, "--out", env["tmp"] / "tif", "--no-progress", "--protocol", env["proto"])
+    assert_user_error(r, "cells.tif", "TIFF", "reader: fastmri", "--protocol microscopy-2d")
     r = cli("train", "--data", env["data"], "--out", env["tmp"] / "micro", "--protocol",
             "microscopy-2d", "--no-progress")
-    assert_user_error(r, "microscopy-2d.yaml", "reader 'tiff'", "not supported")
+    assert_user_error(r, "k-space", "reader: tiff")
 
 
 def test_a_free_text_key_is_refused(env):

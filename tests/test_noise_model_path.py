@@ -37,7 +37,9 @@ def test_train_path_estimate_with_n_coils_matches_dipy():
 
     proto = apply_overrides(load_protocol("nifti-3d"), {"data": {"n_coils": 8, "sigma_n": "auto"}})
     _, info = load_data([str(_piesno_file())], proto, "auto")
-    assert info.sigma_n_data == pytest.approx(DIPY_PIESNO, rel=1e-3)
+    # the magnitudes are variance-stabilised with that model: sigma_n = 1 in stabilised units
+    assert info.noise == {"name": "noncentral-chi", "sigma": pytest.approx(DIPY_PIESNO, rel=1e-3), "n_coils": 8}
+    assert info.sigma_n_data == 1.0
     assert info.noise_model == "noncentral-chi" and info.n_coils == 8
     assert info.noise_method.startswith("PIESNO") and "N=8" in info.noise_method
 
@@ -57,10 +59,12 @@ def test_noise_model_keys_select_or_refuse():
 
 
 def test_protocol_naming_a_missing_noise_model_is_refused_at_load():
+    # poisson-gaussian is implemented now (variance-stabilised training); an unknown name is not
+    assert protocol_from_dict({"data": {"noise_model": "poisson-gaussian"}}).data.noise_model == "poisson-gaussian"
     with pytest.raises(ConfigError) as e:
-        protocol_from_dict({"data": {"noise_model": "poisson-gaussian"}})
+        protocol_from_dict({"data": {"noise_model": "mixed-poisson"}})
     msg = str(e.value)
-    assert "poisson-gaussian" in msg and "not implemented" in msg and "\n" not in msg
+    assert "mixed-poisson" in msg and "not implemented" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="noise-scan"):
         protocol_from_dict({"data": {"noise_estimator": "noise-scan"}})
     with pytest.raises(ConfigError, match="n_coils"):

@@ -174,7 +174,9 @@ def test_build_training_set_volumes(tmp_path):
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "m.nii.gz")
     ds, info = build_training_set([tmp_path / "m.nii.gz"], spatial_dims=3, patch_size=(16, 16, 16))
     assert info.kind == "magnitude" and info.noise_method.startswith("PIESNO")
-    assert info.sigma_n_data == pytest.approx(0.5, rel=0.1) and ds[0]["image"].shape == (1, 16, 16, 16)
+    # Rician magnitudes are variance-stabilised: the PIESNO sigma is the model's, sigma_n is 1
+    assert info.noise["name"] == "rician" and info.sigma_n_data == 1.0
+    assert info.noise["sigma"] == pytest.approx(0.5, rel=0.1) and ds[0]["image"].shape == (1, 16, 16, 16)
     np.save(tmp_path / "c.npy", (vol[None, :, :, 10] * np.exp(1j * 0.3)).astype(np.complex64))
     ds2, info2 = build_training_set([tmp_path / "c.npy"])
     assert info2.kind == "complex" and info2.channels == 2

@@ -1,0 +1,88 @@
+"""``ambient-med denoise``: file in, posterior mean (and std map) out in the same format and
+units, tiled beyond the training patch; bad inputs one line and exit 2."""
+
+import numpy as np
+import pytest
+import tifffile
+from _cli_fixtures import assert_user_error, cli
+from _micro_fixtures import A, B
+
+from ambient_med import noise
+from test_noise_model_training import _stub_prior
+
+
+@pytest.fixture
+def stub_prior(tmp_path):
+    """A prior file with the mean-denoiser stub (its state dict: one parameter ``w``), so the
+    plumbing is tested without training. Saved through AmbientPrior.save; loaded by the CLI
+    through a monkeypatched network class."""
+    prior = _stub_prior(noise.PoissonGaussian(A, B))
+    prior.metadata.training["image_shape"] = [16, 16]
+    return prior
+
+
+@pytest.fixture
+def patched(monkeypatch, stub_prior, tmp_path):
+    import ambient_med.prior as P
+    from test_noise_model_training import MeanDenoiser
+
+    monkeypatch.setattr(P, "EDMDenoiser", lambda cfg: MeanDenoiser())
+    monkeypatch.setattr(P.NetworkConfig, "from_dict", staticmethod(lambda d: d))
+    path = stub_prior.save(tmp_path / "prior.safetensors")
+    return path
+
+
+def _flat(tmp_path, m=30.0, shape=(40, 40)):
+    from ambient_med.microscopy.synthetic import poisson_gaussian_noise
+
+    y = poisson_gaussian_noise(np.full(shape, m), A, B, rng=np.random.default_rng(0)).astype(np.float32)
+    f = tmp_path / "in.tif"
+    tifffile.imwrite(f, y, photometric="minisblack")
+    return f, y
+
+
+def test_denoise_tiff_in_tiff_out_tiled_with_std(patched, tmp_path):
+    f, y = _flat(tmp_path)
+    out = tmp_path / "out.tif"
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", out, "--samples", "2", "--sigma", "prior", "--no-progress")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    mean, std = tifffile.imread(out), tifffile.imread(tmp_path / "out_std.tif")
+    assert mean.shape == y.shape == std.shape          # 40x40 > 16x16 patch: tiled and blended
+    assert float(mean.mean()) == pytest.approx(30.0, rel=0.1) and np.all(std >= 0)
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", out, "--no-progress")
+    assert_user_error(r, "out.tif", "--overwrite")
+
+
+def test_denoise_npy_and_nifti_keep_their_format(patched, tmp_path):
+    import nibabel as nib
+
+    _, y = _flat(tmp_path, shape=(2, 16, 16))
+    np.save(tmp_path / "s.npy", y)
+    r = cli("denoise", "--prior", patched, "--input", tmp_path / "s.npy", "--out", tmp_path / "o.npy", "--sigma", "prior", "--no-progress")
+    assert r.exit_code == 0, r.stderr
+    assert np.load(tmp_path / "o.npy").shape == (2, 16, 16)
+    nib.save(nib.Nifti1Image(y[0], np.diag([2, 2, 2, 1.0])), tmp_path / "v.nii.gz")
+    r = cli("denoise", "--prior", patched, "--input", tmp_path / "v.nii.gz", "--out", tmp_path / "o.nii.gz",
+            "--sigma", "prior", "--no-progress")
+    assert r.exit_code == 0, r.stderr
+    o = nib.load(tmp_path / "o.nii.gz")
+    assert o.shape == (16, 16) and np.allclose(o.affine, np.diag([2, 2, 2, 1.0]))
+
+
+def test_denoise_bad_inputs_one_line(patched, tmp_path):
+    r = cli("denoise", "--prior", patched, "--input", tmp_path / "missing.tif", "--out", tmp_path / "o.tif")
+    assert_user_error(r, "missing.tif", "does not exist")
+    (tmp_path / "x.txt").write_text("hello")
+    r = cli("denoise", "--prior", patched, "--input", tmp_path / "x.txt", "--out", tmp_path / "o.txt")
+    assert_user_error(r, "unsupported format")
+    bad = np.ones((16, 16), np.float32)
+    bad[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    r = cli("denoise", "--prior", patched, "--input", tmp_path / "nan.npy", "--out", tmp_path / "o.npy")
+    assert_user_error(r, "nan.npy", "NaN")
+    np.save(tmp_path / "rgb.npy", np.ones((1, 3, 16, 16), np.float32))
+    r = cli("denoise", "--prior", patched, "--input", tmp_path / "rgb.npy", "--out", tmp_path / "o.npy")
+    assert_user_error(r, "rgb.npy", "3 channel(s)", "trained on 1")
+    np.save(tmp_path / "ok.npy", np.full((16, 16), 30, np.float32))
+    r = cli("denoise", "--prior", patched, "--input", tmp_path / "ok.npy", "--out", tmp_path / "o.npy", "--sigma", "2")
+    assert_user_error(r, "--sigma", "not one number")

@@ -1,0 +1,44 @@
+"""Microscopy protocols: a .tif or a folder of frames chooses microscopy-2d (a Z stack named
+by its metadata: microscopy-3d) and trains end to end with Poisson-Gaussian stabilisation."""
+
+import numpy as np
+import pytest
+from _cli_fixtures import cli
+from _micro_fixtures import write_cells_tif
+
+from ambient_med.autoprotocol import choose_protocol
+from ambient_med.config import load_protocol
+from ambient_med.prior import AmbientPrior
+
+
+def test_microscopy_protocols_load_with_tiff_reader_and_poisson_gaussian():
+    for name, dims in (("microscopy-2d", 2), ("microscopy-3d", 3)):
+        p = load_protocol(name)
+        assert p.data.reader == "tiff" and p.data.noise_model == "poisson-gaussian"
+        assert p.data.spatial_dims == dims and len(p.data.patch_size) == dims
+
+
+def test_protocol_chosen_from_microscopy_data(tmp_path):
+    plain = write_cells_tif(tmp_path / "planes.tif", n=4, size=16)
+    zstack = write_cells_tif(tmp_path / "zstack.tif", n=4, size=16, axes="ZYX")
+    assert choose_protocol([plain])[0] == "microscopy-2d"      # page stack without metadata: planes
+    assert choose_protocol([zstack])[0] == "microscopy-3d"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(np.full((16, 16), 10 * i, np.uint8)).save(frames / f"f{i}.png")
+    assert choose_protocol([frames])[0] == "microscopy-2d"
+
+
+def test_train_on_a_tif_end_to_end(tmp_path):
+    tif = write_cells_tif(tmp_path / "cells.tif", n=4, size=64)
+    r = cli("train", "--data", tif, "--out", tmp_path / "run", "--sigma-n", "auto", "--steps", "3",
+            "--batch-size", "2", "--previews", "0", "--no-progress")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert "protocol: microscopy-2d" in r.stderr and "noise model: poisson-gaussian" in r.stderr
+    assert "not supported" not in r.stderr
+    prior = AmbientPrior.load(tmp_path / "run" / "prior.safetensors")
+    assert prior.metadata.noise["name"] == "poisson-gaussian" and prior.metadata.training["steps"] == 3
+    assert prior.metadata.noise["a"] == pytest.approx(2.0, rel=0.3)
