@@ -73,12 +73,17 @@ def cli(*args: str):
         return CliRunner().invoke(app, [str(a) for a in args])
 
 
+# the run's own progress lines (what it chose, before training) may precede an error on stderr
+INFO_PREFIXES = ("protocol: ", "noise model: ")
+
+
 def assert_user_error(result, *words: str) -> str:
-    """Exit code 2, one line on stderr that names the cause, no traceback anywhere."""
+    """Exit code 2, one error line on stderr that names the cause, no traceback anywhere; the
+    only other stderr lines allowed are the run's informational lines (``INFO_PREFIXES``)."""
     err = result.stderr
     assert result.exit_code == 2, (result.exit_code, result.stdout, err, result.exception)
     assert "Traceback" not in err + result.stdout
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(INFO_PREFIXES)]
     assert len(lines) == 1, err
     for w in words:
         assert w.lower() in lines[0].lower(), (w, lines[0])
