@@ -29,13 +29,14 @@
 # default settings want a GPU; on a CPU try `AMBIENT_MED_STEPS=200` first.
 
 # %%
+import builtins
 import os
 import time
 from pathlib import Path
 
 import matplotlib
 
-if "MPLBACKEND" not in os.environ and not hasattr(__builtins__, "__IPYTHON__"):
+if "MPLBACKEND" not in os.environ and not hasattr(builtins, "__IPYTHON__"):
     matplotlib.use("Agg")   # run as a script: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
@@ -107,7 +108,8 @@ protocol_file.write_text(yaml.safe_dump(protocol, sort_keys=False))
 
 t0 = time.perf_counter()
 result = run_training([str(train_file)], OUT / "run", protocol=protocol_file, sigma_n="auto", steps=STEPS,
-                      device=DEVICE, overwrite=OVERWRITE, previews=0, handle_signals=False, log=print)
+                      device=DEVICE, overwrite=OVERWRITE, previews=0, handle_signals=False, log=print,
+                      callback=lambda step, row: print(f"step {step}: loss {row.get('loss', float('nan')):.4f}, {row['steps_per_sec']:.2f} steps/s"))
 fitted = result.info.noise
 print(f"trained {result.step} steps in {time.perf_counter() - t0:.0f} s; prior: {result.prior_path}")
 print("fitted noise model:", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fitted.items()})

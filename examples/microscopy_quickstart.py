@@ -35,13 +35,14 @@
 # roughly half an hour or more on a laptop CPU; `AMBIENT_MED_STEPS=300` is a quick first look.
 
 # %%
+import builtins
 import os
 import time
 from pathlib import Path
 
 import matplotlib
 
-if "MPLBACKEND" not in os.environ and not hasattr(__builtins__, "__IPYTHON__"):
+if "MPLBACKEND" not in os.environ and not hasattr(builtins, "__IPYTHON__"):
     matplotlib.use("Agg")   # run as a script: no display needed
 import matplotlib.pyplot as plt
 import numpy as np
@@ -132,7 +133,7 @@ protocol_file.write_text(yaml.safe_dump(protocol, sort_keys=False))
 t0 = time.perf_counter()
 result = run_training([str(p) for p in train_files], OUT / "run", protocol=protocol_file, sigma_n="auto",
                       steps=STEPS, device=DEVICE, overwrite=OVERWRITE, previews=0, handle_signals=False,
-                      log=print)
+                      log=print, callback=lambda step, row: print(f"step {step}: loss {row.get('loss', float('nan')):.4f}, {row['steps_per_sec']:.2f} steps/s"))
 train_seconds = time.perf_counter() - t0
 fitted = result.info.noise
 print(f"trained {result.step} steps in {train_seconds:.0f} s; prior: {result.prior_path}")
