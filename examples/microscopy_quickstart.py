@@ -31,8 +31,9 @@
 # existing output folder; without it an existing folder is refused, as `ambient-med train` does)
 # and `AMBIENT_MED_TINY=1` (tiny images and network: a smoke test, not a useful prior).
 #
-# The default 2000 steps of the `microscopy-2d` protocol's network take minutes on a GPU and
-# roughly half an hour or more on a laptop CPU; `AMBIENT_MED_STEPS=300` is a quick first look.
+# On a GPU the notebook trains the packaged `microscopy-2d` network (2000 steps: minutes); on a
+# CPU a lighter network (see step 2), which still takes a while: `AMBIENT_MED_STEPS=300` is a
+# quick first look.
 
 # %%
 import builtins
@@ -116,12 +117,17 @@ else:
 # `sigma_n="auto"` (`--sigma-n auto` on the command line) fits the Poisson-Gaussian model
 # `(a, b)` on the data, trains in the variance-stabilised space (generalised Anscombe transform,
 # unit-variance Gaussian noise) and records the model in the prior file. We start from the packaged
-# `microscopy-2d` protocol and only shrink it in tiny mode.
+# `microscopy-2d` protocol; without a GPU we shrink its network (no attention, 16/32/32 features,
+# 32x32 patches, batch 8), and in tiny mode further.
 
 # %%
 protocol = yaml.safe_load(resolve_protocol_path("microscopy-2d").read_text())
 protocol["name"] = "microscopy-2d-notebook"
 protocol["train"].update(batch_size=16, log_every=max(STEPS // 10, 1), checkpoint_every=max(STEPS // 2, 1))
+if DEVICE == "cpu" and not TINY:   # the packaged network is sized for a GPU; a lighter one for CPUs
+    protocol["data"].update(patch_size=[32, 32])
+    protocol["network"].update(features=[16, 32, 32], attention_levels=[False, False, False])
+    protocol["train"].update(batch_size=8, lr=0.001, lr_warmup=100)
 if TINY:
     protocol["data"].update(patch_size=[SIZE, SIZE], num_workers=0)
     protocol["network"].update(features=[8, 16], attention_levels=[False, False], norm_num_groups=4,
