@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exactness import network_config, time_steps  # noqa: E402
+from exactness import OBJECTIVES, RATIOS, RESULTS, network_config, time_steps  # noqa: E402
 
 from ambient_med.losses import LossConfig  # noqa: E402
 from ambient_med.networks import EDMDenoiser  # noqa: E402
@@ -54,11 +54,6 @@ from ambient_med.synthetic import (GaussianMixtureField, gaussian_frechet_distan
                                    radial_power_bands)
 from ambient_med.train import TensorDataset, TrainConfig, train  # noqa: E402
 from ambient_med.utils import resolve_device  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-RATIOS = (0.125, 0.25, 0.5, 1.0, 2.0)
-OBJECTIVES = ("clean", "naive", "ambient", "ambient+consistency")
-
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

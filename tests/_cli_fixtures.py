@@ -173,3 +173,13 @@ def ddp_stop_worker(rank: int, world: int, port: int, data: str, protocol: str, 
     # both ranks reach here before either tears down gloo: a peer vanishing mid-teardown can abort
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def kill_9_after_checkpoint(out: Path, cli_args: list[str], min_step: int) -> None:
+    """Start ``ambient-med CLI_ARGS``, wait for a checkpoint at ``min_step`` or later, then
+    ``kill -9`` it (no handler runs: what survives is only what was written atomically)."""
+    proc = start_cli(*cli_args)
+    wait_for_checkpoint(out, proc, min_step)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL

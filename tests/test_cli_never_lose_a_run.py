@@ -13,7 +13,7 @@ import torch
 from ambient_med.checkpoint import list_checkpoints
 from ambient_med.prior import AmbientPrior
 
-from _cli_fixtures import cli, start_cli, tiny_data, tiny_protocol, wait_for_checkpoint
+from _cli_fixtures import cli, kill_9_after_checkpoint, start_cli, tiny_data, tiny_protocol, wait_for_checkpoint
 
 STEPS = 40
 
@@ -51,11 +51,7 @@ def test_signal_saves_checkpoint_and_exits_cleanly(env, sig):
 
 def test_kill_9_then_resume_continues_exactly(env):
     out = env["tmp"] / "killed"
-    proc = start_cli(*_args(env, out))
-    wait_for_checkpoint(out, proc, 8)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_after_checkpoint(out, _args(env, out), 8)
     assert not (out / "prior.safetensors").exists()
     k, path = list_checkpoints(out / "checkpoints")[-1]
     assert 8 <= k < STEPS

@@ -5,7 +5,6 @@ protocol resumes bit-for-bit after ``kill -9``."""
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from ambient_med.checkpoint import list_checkpoints
 from ambient_med.prior import AmbientPrior
 from ambient_med.train import ResumableSampler
 
-from _cli_fixtures import cli, start_cli, tiny_data, tiny_protocol, wait_for_checkpoint
+from _cli_fixtures import cli, kill_9_after_checkpoint, tiny_data, tiny_protocol
 
 STEPS = 24
 
@@ -36,11 +35,7 @@ def _args(env, out, *extra):
 
 def test_patch_protocol_resumes_bit_for_bit_after_kill_9(env):
     out = env["tmp"] / "killed"
-    proc = start_cli(*_args(env, out))
-    wait_for_checkpoint(out, proc, 8)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_after_checkpoint(out, _args(env, out), 8)
     k = list_checkpoints(out / "checkpoints")[-1][0]
     assert 8 <= k < STEPS
     rows_before = len((out / "metrics.jsonl").read_text().splitlines())
