@@ -118,6 +118,11 @@ def parse():
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/ambient_med_fmd"))
     p.add_argument("--reuse", action="store_true", help="load trained networks from --work-dir")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (writes to /tmp unless --out)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="after a run: with the networks in --work-dir, on the first test capture, the "
+                        "ambient posterior mean D(z, c) for c around 1, the error of each learned method "
+                        "by reference intensity, and the posterior-sample average on the first "
+                        "uncertainty crop; writes fmd_diagnostics.json")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     if a.quick:
@@ -295,6 +300,8 @@ def main():
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.diagnose:
+        return diagnose(args)
     t_start = time.perf_counter()
     log = lambda s: print(s, flush=True)  # noqa: E731
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -480,6 +487,54 @@ def main():
 
     write(args, scores, unc, ablations, info, models, times, outputs, ref, figure_post,
           {m: count_parameters(n) for m, n in nets.items()})
+
+
+def diagnose(args):
+    """``--diagnose`` (see ``parse``): where the learned methods lose, without training again."""
+    nets = {m: AmbientPrior.load(args.work_dir / f"{m.replace('+', '_')}.safetensors") for m in args.methods}
+    meta = nets[args.methods[0]].metadata
+    scale, sn = meta.scale, meta.sigma_n_model
+    stack = read_folder(args.data / "raw" / str(args.test_field))
+    ref = read_folder(args.data / "gt" / str(args.test_field))[0]
+    y = stack[args.test_captures[0]]
+    model = PoissonGaussian.estimate(y)
+    zm = torch.from_numpy(model.stabilise(y) / scale).float()[None, None]
+
+    def mean(method, c=1.0, z=zm):
+        net = nets[method].model
+        fn = Plain(net).eval() if method == "n2v" else (lambda t: net(t, torch.full((t.shape[0],), c * sn)))
+        return model.invert_mean(tiled(fn, z, args.patch)[0, 0].double().numpy() * scale)
+
+    out = {"capture": args.test_captures[0], "noise_fit": model.params}
+    if "ambient+consistency" in nets:
+        out["ambient_psnr_at_sigma_c_times_1"] = {
+            str(c): psnr(ref, mean("ambient+consistency", c)) for c in (0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5)}
+        print(out["ambient_psnr_at_sigma_c_times_1"], flush=True)
+    bins = [(0, 5), (5, 10), (10, 20), (20, 50), (50, 256)]
+    out["error_by_reference_intensity"] = {}
+    for m in nets:
+        e = mean(m) - ref
+        row = {f"{lo}-{hi}": {"share": float(sel.mean()), "mse": float((e[sel] ** 2).mean()),
+                              "bias": float(e[sel].mean())}
+               for lo, hi in bins for sel in [(ref >= lo) & (ref < hi)]}
+        row["total_mse"] = float((e**2).mean())
+        out["error_by_reference_intensity"][m] = row
+        print(m, json.dumps(row), flush=True)
+    if "ambient+consistency" in nets:
+        (i, j), = unc_crops(ref, 1, args.unc_size)
+        sl = (slice(i, i + args.unc_size), slice(j, j + args.unc_size))
+        g = torch.Generator().manual_seed(args.seed + 1)
+        with torch.no_grad():
+            post = denoise_posterior(nets["ambient+consistency"].model, zm[..., sl[0], sl[1]], sn,
+                                     n_samples=args.samples, steps=args.posterior_steps, generator=g)
+        samples = model.invert_sample(post["samples"][:, 0, 0].double().numpy() * scale)
+        out["crop"] = {"rows_cols": [int(i), int(j), args.unc_size],
+                       "psnr_posterior_mean_D": psnr(ref[sl], model.invert_mean(post["mean"][0, 0].double().numpy() * scale)),
+                       "psnr_average_of_samples": psnr(ref[sl], samples.mean(0)),
+                       **{f"psnr_{m}_tiled": psnr(ref[sl], mean(m)[sl]) for m in nets if m != "ambient+consistency"}}
+        print(out["crop"], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fmd_diagnostics.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------- report
