@@ -6,7 +6,8 @@ message naming the key and the file (a silently ignored ``lerning_rate`` would w
     data:     reader and preprocessing (``DataConfig``)
     network:  ``NetworkConfig`` fields, except those the data decide (spatial_dims, channels, sigma_data)
     loss:     ``LossConfig`` fields, except sigma_data (measured on the data)
-    train:    ``TrainConfig`` fields
+    train:    ``TrainConfig`` fields, with the speed options (bf16 autocast, channels-last,
+              ``torch.compile``, gradient checkpointing, fused EMA; :mod:`ambient_med.speed`)
     sampler:  ``SamplerConfig`` (previews and the defaults of ``ambient-med sample``)
 
 ``--protocol NAME`` resolves ``NAME`` among the packaged presets in ``ambient_med/protocols``;

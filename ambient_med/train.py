@@ -1,5 +1,7 @@
 """The training loop as a library function: AdamW, EMA, gradient clipping, mixed precision on
-CUDA, atomic checkpoints with exact resume, ``metrics.jsonl``, optional DDP.
+CUDA, atomic checkpoints with exact resume, ``metrics.jsonl``, optional DDP, and the speed options
+of :mod:`ambient_med.speed` (channels-last, guarded ``torch.compile``, gradient checkpointing,
+fused EMA), each a ``TrainConfig`` key.
 
 Exact resume: every source of randomness is either the loop's own ``torch.Generator`` (noise
 levels and noise, saved in the checkpoint) or the data order, which is a pure function of
@@ -9,6 +11,7 @@ continues bit-for-bit like an uninterrupted one (on the same device and library 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -22,9 +25,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
+from .ema import ema_update
 from .errors import AmbientMedError
 from .losses import LossConfig, objective_loss
 from .networks import EDMDenoiser
+from .speed import GuardedCompile, channels_last, gradient_checkpointing, spatial_dims_of
 
 
 class NonFiniteLossError(AmbientMedError, RuntimeError):
@@ -48,6 +53,18 @@ class TrainConfig:
     keep_checkpoints: int = 2
     mixed_precision: bool = True      # bf16 autocast, CUDA only
     num_workers: int = 0
+    # speed options (ambient_med/speed.py); each acts on the step, none changes the math beyond
+    # float round-off; the defaults follow benchmarks/gpu.py (benchmarks/results/gpu*)
+    channels_last: bool = False       # NHWC / NDHWC weights and activations
+    compile: str = "off"              # torch.compile of the denoiser: off | default | reduce-overhead | max-autotune
+    grad_checkpointing: bool = False  # recompute each UNet block in backward: less memory, more compute
+    fused_ema: bool = True            # one multi-tensor EMA update instead of one per parameter
+
+    def __post_init__(self):
+        from .speed import COMPILE_MODES
+
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,14 +163,6 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
 
 
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
-
-
 class _StopFlag:
     """SIGINT/SIGTERM ask the loop to save and stop after the current step."""
 
@@ -221,6 +230,9 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    compiled = GuardedCompile(net, cfg.compile) if cfg.compile != "off" else None
+    if compiled is not None:
+        net = compiled
 
     sampler = ResumableSampler(len(dataset), cfg.seed, start=step * cfg.batch_size,
                                rank=rank, world_size=world,
@@ -268,11 +280,28 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
         run_dir.mkdir(parents=True, exist_ok=True)
     metrics = open(run_dir / "metrics.jsonl", "a") if (run_dir is not None and rank == 0) else None
     stop = _StopFlag(handle_signals)
+
+    def warm_up(y, sigma_n, clean):
+        """Forward and backward on the first batch's shapes, in both phases of the objective,
+        with a throwaway generator and no optimizer step: compiles every graph the steps use."""
+        g = torch.Generator(device=device).manual_seed(0)
+        phases = [1.0] + ([0.0] if loss_cfg.objective == "ambient+consistency"
+                          and loss_cfg.consistency_start > 0 else [])
+        for progress in phases:
+            with autocast:
+                warm = objective_loss(net, y, sigma_n, loss_cfg, progress=progress, clean=clean,
+                                      generator=g)
+            warm.loss.backward()
+        opt.zero_grad(set_to_none=True)
+
     history, t_log, n_log, acc = [], time.perf_counter(), 0, {}
     t_data = 0.0
     stopping = False
     last = stop_after if stop_after is not None else cfg.steps
+    speed, warmed = contextlib.ExitStack(), False
     try:
+        speed.enter_context(channels_last([model, ema], cfg.channels_last, spatial_dims_of(model)))
+        speed.enter_context(gradient_checkpointing(model, cfg.grad_checkpointing))
         it = iter(loader)
         while step < min(last, cfg.steps):
             t0 = time.perf_counter()
@@ -281,6 +310,9 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             sigma_n = batch["sigma_n"].to(device, dtype=y.dtype)
             clean = batch["clean"].to(device) if "clean" in batch else None
             t_data += time.perf_counter() - t0
+            if compiled is not None and not warmed:
+                compiled.warm_up(lambda: warm_up(y, sigma_n, clean))
+                warmed, t_log = True, time.perf_counter()  # compile time is not step time
             for g in opt.param_groups:
                 g["lr"] = _lr(cfg, step)
             with autocast:
@@ -291,7 +323,8 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)),
+                       fused=cfg.fused_ema)
 
             # accumulate on the device: a float() per step would sync the GPU every step
             acc["loss"] = acc.get("loss", 0.0) + out.loss.detach().double()
@@ -329,6 +362,7 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             checkpoint()
         check_finite()  # also without a run folder: never return NaN weights as a result
     finally:
+        speed.close()  # contiguous weights again (safetensors), blocks unwrapped
         stop.restore()
         if metrics is not None:
             metrics.close()
