@@ -26,7 +26,9 @@ The audit is ``ambient_med.audit.audit`` (the code behind ``ambient-med audit``)
 2. the reconstruction attack: ``x + sigma_a e`` for ``sigma_a`` = ``--attack-sigma`` x
    ``sigma_data`` (each level), denoised by the posterior mean; mean ``||D - x|| / ||x||`` on
    ``--n-attack`` training images against as many held-out ones (ratio near 1: no sign of
-   memorisation; well below 1: the prior brings its training images back).
+   memorisation; well below 1: the prior brings its training images back). The training images
+   attacked are the neighbours (one slice below) of the control slices, so both sides cover the
+   same anatomy.
 
     python benchmarks/audit.py --quick        # smoke run
     python benchmarks/audit.py                # the CPU run of benchmarks/results
@@ -123,7 +125,13 @@ def main(argv=None) -> dict:
     priors, info = train_priors(OBJECTIVES, x_tr, y_tr, sigma, scale, args, args.work, "audit")
     t_train = time.perf_counter() - t
 
-    train_t, noisy_t, control_t = to_tensor(x_tr), to_tensor(y_tr), to_tensor(x_ct)
+    # the attack uses the first --n-attack training images: put first the training neighbour
+    # (one slice below) of each control slice, so that both sides of the attack cover the same
+    # anatomy (the lowest slices alone are the harder inferior brain); training used the
+    # original order
+    first = [train_idx.index(z - 1) for z in control_idx[:args.n_attack]]
+    order = first + [i for i in range(len(train_idx)) if i not in first]
+    train_t, noisy_t, control_t = to_tensor(x_tr[order]), to_tensor(y_tr[order]), to_tensor(x_ct)
     any_prior = next(iter(priors.values()))
     control_rho = nearest_correlation(any_prior, control_t, train_t)
     q = [0.5, 0.9, 0.99, 1.0]
@@ -175,6 +183,7 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "data": {"mni": MNI.name, "train_slices": train_idx, "control_slices": control_idx,
+                     "attacked_training_slices": [train_idx[i] for i in first],
                      "sigma": sigma, "scale": scale, "pixel_mm": 192 / args.size},
             "training": info, "wall_seconds": {"train": t_train, "audit": t_audit,
                                                "total": time.perf_counter() - t0},
@@ -218,7 +227,8 @@ the training set, {len(meta['data']['control_slices'])} held-out slices as the c
 {meta['data']['sigma']:.4f} ({args.snr_db:g} dB). Both priors: network features {tuple(args.features)},
 {args.steps} steps x batch {args.batch_size} of whole images ({args.steps * args.batch_size / len(meta['data']['train_slices']):.0f}
 epochs), lr {args.lr} (training wall time: {tr}). {args.n_samples} samples per prior. CPU,
-{args.threads} torch thread(s); wall time {meta['wall_seconds']['total'] / 60:.1f} min.
+{args.threads} torch thread(s); wall time of this invocation {meta['wall_seconds']['total'] / 60:.1f} min
+(training {meta['wall_seconds']['train'] / 60:.1f} min of it; priors whose settings match are reused from `--work`).
 
 ## Nearest training image of each sample (normalised correlation over real and imaginary parts)
 
