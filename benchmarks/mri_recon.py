@@ -612,9 +612,10 @@ def evaluate_real(priors, tuning, scale, args, tab, rng):
         c = scale / float(np.percentile(np.abs(sense0), 99))
         ku, sigma, ref = ku0 * c, pr["sigma"] * c, pr["ref"] * c
         q = float(np.percentile(np.abs(sense0 * c), 99))
-        infos[task] = {**pr["info"], "intensity_factor": c, "sigma_after_scaling": sigma,
-                       "snr_db_reference": 10 * math.log10(float(np.mean(np.abs(ref[np.abs(ref) > 0.1 * np.abs(ref).max()]) ** 2))
-                                                           / (2 * sigma**2))}
+        infos[task] = {**pr["info"], "intensity_factor": c, "sigma_after_scaling": sigma}
+        if not pr["fit"]:   # the reference is in the units of the k-space (bart's is not)
+            obj = np.abs(ref)[np.abs(ref) > 0.1 * np.abs(ref).max()]
+            infos[task]["snr_db_reference"] = 10 * math.log10(float(np.mean(obj**2)) / (2 * sigma**2))
         tn = tuning[accel]
         figs[f"{task} reference"] = np.abs(ref)
         base = {"zero_filled": lambda: combine(ku, maps),
@@ -826,9 +827,9 @@ features {tuple(args.features)}, {args.steps} steps x batch {args.batch_size} of
 patches, lr {args.lr}, equal for all three (training wall time: {tr}). Denoising std from
 K = {args.post_samples} posterior samples; recon samplers K = {args.recon_samples} chains x
 {args.recon_steps} steps from sigma_max = {args.sigma_max} (DPS mode `{args.dps_mode}`). Values are means
-over the test slices (real data: one image). CPU, {args.threads} torch thread(s); wall time
-{meta['wall_seconds']['total'] / 60:.1f} min (training {t_train / 60:.1f}, simulation
-{t_sim / 60:.1f}, real data {t_real / 60:.1f}).
+over the test slices (real data: one image). CPU, {args.threads} torch thread(s); wall time of this
+invocation {meta['wall_seconds']['total'] / 60:.1f} min (training {t_train / 60:.1f}, simulation
+{t_sim / 60:.1f}, real data {t_real / 60:.1f}; priors whose settings match are reused from `--work`).
 
 cov2: share of pixels x real channels with |mean - truth| <= 2 std (a calibrated posterior
 estimated from K samples gives {ideal_cov2(args.post_samples):.1%} at K = {args.post_samples},
