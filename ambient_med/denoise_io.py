@@ -161,9 +161,9 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     if total is not None:
         total(1 + samples)
 
-    def run(fn):
+    def run(fn, blend="smooth"):
         with torch.no_grad():
-            return tiled_apply(fn, zm, patch, overlap) if need_tiles else fn(zm)
+            return tiled_apply(fn, zm, patch, overlap, blend=blend) if need_tiles else fn(zm)
 
     mean = inv_mean(prior.to_data(run(lambda t: prior.denoise_model(t, sm)), as_complex=False))
     if progress is not None:
@@ -171,7 +171,9 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     draws = []
     g = torch.Generator(device=prior.device).manual_seed(seed)
     for _ in range(samples):
-        s = run(lambda t: denoise_posterior(prior.model, t, sm, n_samples=1, generator=g)["samples"][0])
+        # random draws: one patch per pixel (blending independent draws would shrink the std)
+        s = run(lambda t: denoise_posterior(prior.model, t, sm, n_samples=1, generator=g)["samples"][0],
+                blend="nearest")
         draws.append(inv_sample(prior.to_data(s, as_complex=False)))
         if progress is not None:
             progress(1)

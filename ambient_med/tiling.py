@@ -75,8 +75,14 @@ def _starts(length: int, p: int, stride: int) -> list[int]:
 
 def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                 patch: int | Sequence[int], overlap: int | Sequence[int],
-                batch_size: int = 8, margin: int | Sequence[int] | None = None) -> torch.Tensor:
+                batch_size: int = 8, margin: int | Sequence[int] | None = None,
+                blend: str = "smooth") -> torch.Tensor:
     """Apply ``fn`` to overlapping patches of ``x`` (N, C, *spatial) and blend (module doc).
+
+    ``blend="nearest"`` takes each pixel from the one patch whose window is largest there
+    instead of averaging: use it for *random draws* (posterior samples). Averaging independent
+    draws of neighbouring patches shrinks their variance by ``w^2 + (1-w)^2`` in the overlaps (to
+    half mid-ramp), so std maps from blended samples are too small there.
 
     ``fn`` maps ``(B, C, *patch)`` to ``(B, C_out, *patch)``; it is called on at most
     ``batch_size`` patches at a time. Returns ``(N, C_out, *spatial)`` in ``x``'s dtype and on
@@ -104,6 +110,15 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     for v in wins[1:]:
         w = w[..., None] * v
     starts = list(itertools.product(*[_starts(t, pp, pp - oo) for t, pp, oo in zip(total, p, o)]))
+    if blend not in ("smooth", "nearest"):
+        raise ValueError(f"blend must be 'smooth' or 'nearest', got {blend!r}")
+    owner = {}
+    if blend == "nearest":  # the pixels each patch owns: largest window, first patch on ties
+        best = torch.full(total, -1.0, dtype=acc_dtype, device=x.device)
+        for s in starts:
+            sl = tuple(slice(s0, s0 + pp) for s0, pp in zip(s, p))
+            owner[s] = w > best[sl]
+            best[sl] = torch.maximum(best[sl], w)
     jobs = [(i, s) for s in starts for i in range(x.shape[0])]
     out = wsum = None
     for b in range(0, len(jobs), batch_size):
@@ -119,6 +134,12 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
             wsum = torch.zeros(total, dtype=acc_dtype, device=x.device)
         for k, (i, s) in enumerate(chunk):
             sl = tuple(slice(s0, s0 + pp) for s0, pp in zip(s, p))
+            if blend == "nearest":
+                mine = owner[s]
+                out[(i, slice(None), *sl)] = torch.where(mine, y[k].to(acc_dtype), out[(i, slice(None), *sl)])
+                if i == 0:
+                    wsum[sl] = torch.where(mine, torch.ones_like(w), wsum[sl])
+                continue
             out[(i, slice(None), *sl)] += w * y[k].to(acc_dtype)
             if i == 0:
                 wsum[sl] += w
