@@ -7,7 +7,7 @@ fastMRI-format phantom files (2 files x 16 slices, 8 coils, 128x128) read throug
 path exactly as ``ambient-med train`` reads them (``run.load_data``: whitening, ESPIRiT maps and
 coil combination cached on disk before training, random patches drawn per step).
 
-The default protocol is sized for a GPU (batch 32 of 128x128 patches, ~6M parameters); on a CPU
+The default protocol is sized for a GPU (batch 32 of 128x128 patches, 18.2M parameters); on a CPU
 the batch is lowered with ``--batch-size`` (default 4) and only a few steps are timed after a
 warm-up. ``ambient+consistency`` is timed with the consistency term active from the first step
 (``consistency_start = 0``), i.e. its steady-state cost in the second half of a run.
