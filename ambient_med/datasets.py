@@ -280,6 +280,15 @@ def _file_sigma(src, path: Path, noise_model: str, estimator: str, n_coils) -> n
         raise NoiseEstimateError(f"{path}: {e}") from None
 
 
+def intensity_scale(mag2: np.ndarray, noise_power: float) -> float:
+    """The model-space intensity scale: ``sqrt(p99(|y|^2) - noise_power)``, the 99th percentile of
+    the squared magnitudes with the noise's expected contribution (``2 sigma^2`` for complex
+    data, ``sigma^2`` for real) removed; plain ``sqrt(p99)`` where the noise would claim more than
+    half of it."""
+    p2 = np.percentile(mag2, 99)
+    return float(np.sqrt(p2 - noise_power)) if p2 > 2 * noise_power else float(np.sqrt(p2))
+
+
 def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto", kind: str = "auto",
                        spatial_dims: int = 2, patch_size: tuple[int, ...] | None = None,
                        cache_dir: Path | None = None, coil_maps: bool = True,
@@ -380,9 +389,8 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     channels = int(stats[0]["image"].shape[0])
     sig = np.array([float(s["sigma_n"]) for s in stats])
     sigma_n_data = float(np.median(sig))
-    p2 = np.percentile(np.concatenate([_mag2(s["image"], kind).ravel() for s in stats]), 99)
     bias = (sigma_n_data**2 if kind == "intensity" or file_noise else 2 * sigma_n_data**2)
-    scale = float(np.sqrt(p2 - bias)) if p2 > 2 * bias else float(np.sqrt(p2))
+    scale = intensity_scale(np.concatenate([_mag2(s["image"], kind).ravel() for s in stats]), bias)
     if not np.isfinite(scale) or scale <= 0:
         raise DataError(None, f"cannot set an intensity scale: the data is all zeros ({files[0]} ...)")
     y = np.concatenate([s["image"].numpy().ravel() for s in stats]) / scale

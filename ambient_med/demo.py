@@ -69,14 +69,15 @@ OBJECTIVES = ("ambient+consistency", "naive")
 
 
 def _train_run(data: str, run_dir: str, protocol: str, steps: int | None, device: str,
-               threads: int, on_start=None, callback=None) -> dict:
-    """One ``run_training`` (also the body of the second process; returns picklable facts)."""
+               threads: int, on_start=None, callback=None, keep_result: bool = False) -> dict:
+    """One ``run_training`` (also the body of the second process, which returns only picklable
+    facts; ``keep_result`` adds the whole ``RunResult`` for the caller's own process)."""
     from .run import run_training
 
     torch.set_num_threads(threads)
     res = run_training([data], run_dir, protocol=protocol, sigma_n="auto", steps=steps,
                        device=device, previews=0, on_start=on_start, callback=callback)
-    return {"result": res if on_start is not None else None, "prior_path": res.prior_path,
+    return {"result": res if keep_result else None, "prior_path": res.prior_path,
             "step": res.step, "interrupted": res.interrupted}
 
 
@@ -112,7 +113,8 @@ def _train_both(out: Path, protocols: dict, *, steps: int | None, device: str,
     bar = TrainProgress()
     try:
         try:
-            done = _train_run(*args[main], on_start=bar.start, callback=bar.update)
+            done = _train_run(*args[main], on_start=bar.start, callback=bar.update,
+                              keep_result=True)
         finally:
             bar.stop()
         if not parallel:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mri_recon import (MARKER, MNI, RESULTS, mni_slices, smooth_phase, intensity_scale,  # noqa: E402
-                       train_priors)
+                       sigma_at_snr, train_priors)
 
 from ambient_med.audit import attack_error, audit, nearest_correlation  # noqa: E402
 
@@ -114,8 +113,7 @@ def main(argv=None) -> dict:
     phases = np.stack([smooth_phase(rng, args.size) for _ in range(mag.shape[0])])
     x0 = (mag * np.exp(1j * phases)).astype(np.complex64)
     x_tr, x_ct = x0[train_idx], x0[control_idx]
-    obj = np.abs(np.concatenate([x[np.abs(x) > 0.1 * np.abs(x).max()] for x in x_tr]))
-    sigma = math.sqrt(float(np.mean(obj**2))) / (math.sqrt(2) * 10 ** (args.snr_db / 20))
+    sigma = sigma_at_snr(x_tr, args.snr_db)
     y_tr = (x_tr + sigma * (rng.standard_normal(x_tr.shape) + 1j * rng.standard_normal(x_tr.shape))
             ).astype(np.complex64)
     scale = intensity_scale(y_tr, sigma)

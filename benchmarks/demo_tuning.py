@@ -46,7 +46,7 @@ OLD_DEMO_LOSS = {"p_mean": -1.0, "p_std": 1.2, "consistency_step_ratio": [0.8, 0
 
 def run_variant(name: str, loss: dict, steps: int, work: Path, data: Path) -> dict:
     from ambient_med.config import load_protocol
-    from ambient_med.demo import TRUE_SIGMA, background_noise
+    from ambient_med.demo import TRUE_SIGMA, background_noise, psnr
     from ambient_med.phantoms import make_phantom_dataset
     from ambient_med.prior import AmbientPrior
     from ambient_med.run import run_training
@@ -76,8 +76,7 @@ def run_variant(name: str, loss: dict, steps: int, work: Path, data: Path) -> di
     out["denoised_bg"] = round(background_noise(den, bg) / sn, 3)
     ref = np.abs(truth["clean"]) / res.info.scale
     mag = den.square().sum(1).sqrt().numpy()
-    out["psnr_den"] = round(float(np.mean([10 * np.log10(r.max() ** 2 / np.mean((a - r) ** 2))
-                                           for a, r in zip(mag, ref)])), 2)
+    out["psnr_den"] = round(float(np.mean([psnr(a, r) for a, r in zip(mag, ref)])), 2)
     g = torch.Generator().manual_seed(5)
     kept = {}
     for f in (0.5, 0.25):

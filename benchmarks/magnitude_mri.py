@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import yaml
 from scipy import ndimage
-from scipy.special import gammaln
+
+from ambient_med.noise.estimate import chi_noise_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 DIPY_PIESNO = 0.010749   # dipy 1.12.1 piesno(test_piesno, N=8)
@@ -46,11 +47,6 @@ N_COILS = 8
 def data_file() -> Path:
     base = Path(os.environ.get("AMBIENT_MED_SHARED_DATA", ROOT.parent / "shared" / "data"))
     return base / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz"
-
-
-def chi_mean(sigma: float, n_coils: int) -> float:
-    """Mean of the noise-only magnitude of an ``n_coils`` sum of squares: chi(2N) scaled by sigma."""
-    return float(sigma * np.sqrt(2.0) * np.exp(gammaln(n_coils + 0.5) - gammaln(n_coils)))
 
 
 def protocol(folder: Path, name: str, noise_model: str, steps: int, batch: int) -> Path:
@@ -75,7 +71,7 @@ def protocol(folder: Path, name: str, noise_model: str, steps: int, batch: int) 
 
 def regions(vol: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     smooth = ndimage.uniform_filter(vol, size=(5, 5, 1))
-    floor = chi_mean(sigma, N_COILS)
+    floor = chi_noise_mean(sigma, N_COILS)
     acquired = ndimage.binary_erosion(vol > 0, iterations=3)   # the volume has a zero-filled frame
     bg = ndimage.binary_erosion(smooth < 1.5 * floor, iterations=2) & acquired
     fg = smooth > 10 * floor
@@ -127,7 +123,7 @@ def main() -> None:
                        "sigma_n_data": priors[model].metadata.sigma_n_data}
     sigma = float(priors["noncentral-chi"].metadata.noise["sigma"])
     bg, fg = regions(vol, sigma)
-    floor = chi_mean(sigma, N_COILS)
+    floor = chi_noise_mean(sigma, N_COILS)
     table = {"input": {"background_mean": float(vol[bg].mean()), "background_std": float(vol[bg].std()),
                        "foreground_mean": float(vol[fg].mean())}}
     for model, r in rows.items():

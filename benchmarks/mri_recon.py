@@ -91,6 +91,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ambient_med.datasets import intensity_scale as package_intensity_scale
 from ambient_med.losses import LossConfig
 from ambient_med.mri.complex import channels_to_complex, complex_to_channels
 from ambient_med.mri.fft import fftc, ifftc
@@ -372,9 +373,15 @@ def train_priors(objectives, clean: np.ndarray, noisy: np.ndarray, sigma: float,
 
 
 def intensity_scale(noisy: np.ndarray, sigma: float) -> float:
-    """The package's intensity scale: ``sqrt(p99(|y|^2) - 2 sigma^2)`` (complex data)."""
-    p2 = float(np.percentile(np.abs(noisy) ** 2, 99))
-    return math.sqrt(p2 - 2 * sigma**2) if p2 > 4 * sigma**2 else math.sqrt(p2)
+    """The package's intensity scale (``datasets.intensity_scale``) of complex images."""
+    return package_intensity_scale(np.abs(noisy) ** 2, 2 * sigma**2)
+
+
+def sigma_at_snr(images: np.ndarray, snr_db: float) -> float:
+    """Complex noise std per real channel giving ``snr_db`` image SNR: RMS magnitude of the
+    object (pixels above 10% of each image's peak) over ``sqrt(2) 10^(snr/20)``."""
+    obj = np.concatenate([np.abs(x[np.abs(x) > 0.1 * np.abs(x).max()]) for x in images])
+    return math.sqrt(float(np.mean(obj**2))) / (math.sqrt(2) * 10 ** (snr_db / 20))
 
 
 # ------------------------------------------------------------------------------------ baselines
@@ -755,9 +762,7 @@ def main(argv=None) -> dict:
     phases = np.stack([smooth_phase(rng, args.size) for _ in range(mag.shape[0])])
     x0 = (mag * np.exp(1j * phases)).astype(np.complex64)
     maps = coil_maps(args.coils, args.size)
-    obj_px = [x[np.abs(x) > 0.1 * np.abs(x).max()] for x in x0[train_idx]]
-    rms = math.sqrt(float(np.mean(np.abs(np.concatenate(obj_px)) ** 2)))
-    sigma = rms / (math.sqrt(2) * 10 ** (args.snr_db / 20))
+    sigma = sigma_at_snr(x0[train_idx], args.snr_db)
     k_all = simulate(x0, maps, sigma, rng)
     y_all = combine(k_all, maps)
     x_tr, y_tr = x0[train_idx], y_all[train_idx]

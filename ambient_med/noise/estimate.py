@@ -282,16 +282,23 @@ def from_magnitude(image: np.ndarray, n_coils: int = 1, measurements_axis: int |
                           "background_fraction": n / x.size, "quantile": q, "alpha": alpha})
 
 
+def chi_noise_mean(sigma: float, n_coils: int) -> float:
+    """Mean of the noise-only magnitude of an ``n_coils`` sum of squares (chi with ``2N`` degrees
+    of freedom, scale ``sigma``): ``sigma sqrt(2) Gamma(N + 1/2) / Gamma(N)``, the floor that
+    magnitude noise leaves in air."""
+    from scipy.special import gammaln
+
+    return float(sigma * np.sqrt(2.0) * np.exp(gammaln(n_coils + 0.5) - gammaln(n_coils)))
+
+
 def _check_chi_spread(values: np.ndarray, n_coils: int, alpha: float) -> None:
     """Refuse a PIESNO "background" whose spread is far below that of chi(2N) noise: a
     constant or piecewise-constant image (noise-free) passes the acceptance band with any
     sigma near its value. Chi(2N) noise has coefficient of variation
     ``sqrt(N - (Gamma(N+1/2)/Gamma(N))^2) / (Gamma(N+1/2)/Gamma(N))`` (0.52 for N = 1, 0.18
     for N = 8); the band trims it by at most a few percent, so a quarter of it is safe."""
-    from scipy.special import gammaln
-
     v = np.asarray(values, dtype=np.float64).ravel()
-    r = np.exp(gammaln(n_coils + 0.5) - gammaln(n_coils))
+    r = chi_noise_mean(1.0, n_coils) / np.sqrt(2.0)   # Gamma(N+1/2)/Gamma(N)
     cv_chi = np.sqrt(max(n_coils - r**2, 0.0)) / r
     mean = float(np.mean(v)) if v.size else 0.0
     cv = float(np.std(v) / mean) if mean > 0 else 0.0
