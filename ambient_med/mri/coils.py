@@ -23,7 +23,8 @@ the whole field of view. A smaller field of view is a crop of the *image* (a box
 zeroing of the maps.
 
 References: Uecker et al., "ESPIRiT", MRM 71:990 (2014), via ``sigpy.mri.app.EspiritCalib``
-(BSD-3; Ong & Lustig).
+(BSD-3; Ong & Lustig) for 3D and a separable re-statement of the same algorithm for 2D
+(:func:`espirit_calib_2d`).
 """
 
 from __future__ import annotations
@@ -120,11 +121,14 @@ def espirit_maps(
     if not np.isfinite(scale) or scale == 0:
         raise ValueError("k-space is empty or non-finite; cannot estimate coil maps")
     cw = int(min(calib_width, *k.shape[1:]))
+    kn = (k / scale).astype(np.complex64)
     with limits:
-        maps = app.EspiritCalib(
-            (k / scale).astype(np.complex64), calib_width=cw, thresh=thresh,
-            kernel_width=min(kernel_width, cw), crop=crop, max_iter=max_iter, show_pbar=False,
-        ).run()
+        if k.ndim == 3:  # 2D k-space: the separable form, 5-20x faster than sigpy's kernel loop
+            maps = espirit_calib_2d(kn, cw, thresh, min(kernel_width, cw), crop, max_iter)
+        else:
+            maps = app.EspiritCalib(kn, calib_width=cw, thresh=thresh,
+                                    kernel_width=min(kernel_width, cw), crop=crop,
+                                    max_iter=max_iter, show_pbar=False).run()
     maps = normalize_maps(np.nan_to_num(np.asarray(maps)))  # sigpy's phase reference divides by |S_0|
     if not fill:
         return maps.astype(np.complex64)
@@ -141,6 +145,59 @@ def espirit_maps(
         if support.any():
             maps = maps * support
     return fill_maps(maps).astype(np.complex64)
+
+
+def espirit_calib_2d(kspace: np.ndarray, calib_width: int, thresh: float, kernel_width: int,
+                     crop: float, max_iter: int) -> np.ndarray:
+    """``sigpy.mri.app.EspiritCalib`` for 2D k-space (C, N, M), the same algorithm without its
+    loop over kernels (Uecker et al. 2014, sec. "ESPIRiT"; sigpy, BSD-3).
+
+    The calibration matrix (every ``w x w`` block of the centred ``calib_width`` region) gives,
+    by SVD, the kernels ``K_k`` (C, w, w) whose singular values exceed ``thresh`` times the
+    largest. sigpy forms their centred inverse FFTs ``k_k(x)`` (C,) and sums
+    ``A(x) = N M / w^2 sum_k k_k(x) k_k(x)^H`` one kernel at a time. Zero-padding ``w x w`` to
+    ``N x M`` and the 2D inverse FFT are separable, ``k_k(x, y) = sum_ab K_k[:, a, b] Ex[x, a] Ey[y, b]``
+    with ``Ex[:, a]`` the inverse FFT of a unit vector at the padded position ``a``, so
+
+        A(x, y)[c, d] = sum_{a b a' b'} G[c a b, d a' b'] Ex[x, a] conj(Ex[x, a']) Ey[y, b] conj(Ey[y, b'])
+
+    with the kernel Gram matrix ``G = K^T conj(K)`` (C w^2 square): two small matrix products
+    instead of ``n_kernels x C`` FFTs of the whole image. The maps are the dominant eigenvector
+    per voxel by ``max_iter`` power iterations from all-ones (as sigpy), phase-referenced to
+    coil 0 and zeroed where the eigenvalue is at most ``crop``.
+    """
+    import sigpy as sp
+
+    C, N, M = kspace.shape
+    w = kernel_width
+    calib = sp.resize(kspace, [C, calib_width, calib_width])
+    mat = sp.array_to_blocks(calib, [w, w], [1, 1]).reshape(C, -1, w * w)
+    mat = mat.transpose(1, 0, 2).reshape(-1, C * w * w)
+    _, s, vh = np.linalg.svd(mat, full_matrices=False)
+    kernels = vh[s > thresh * s.max()]                                   # (n_kernels, C w w)
+    gram = (kernels.T @ kernels.conj()).reshape(C, w, w, C, w, w)       # [c a b, d a' b']
+
+    def columns(n: int) -> np.ndarray:  # (n, w): inverse FFT of each zero-padded unit vector
+        return np.stack([sp.ifft(sp.resize(np.eye(w, dtype=np.complex64)[a], (n,)))
+                         for a in range(w)], axis=1)
+
+    ex, ey = columns(N), columns(M)
+    py = (ey[:, :, None] * ey.conj()[:, None, :]).reshape(M, w * w)      # [y, b b']
+    h = py @ gram.transpose(2, 5, 0, 1, 3, 4).reshape(w * w, -1)        # [y, c a d a']
+    h = h.reshape(M, C, w, C, w).transpose(2, 4, 0, 1, 3).reshape(w * w, -1)  # [a a', y c d]
+    px = (ex[:, :, None] * ex.conj()[:, None, :]).reshape(N, w * w)      # [x, a a']
+    aha = ((px @ h) * (N * M / w**2)).reshape(N * M, C, C).astype(np.complex64)
+
+    x = np.ones((N * M, C, 1), dtype=np.complex64)
+    eig = np.ones((N * M, 1, 1), dtype=np.float32)
+    for _ in range(max_iter):
+        y = aha @ x
+        eig = np.sqrt(np.sum(np.abs(y) ** 2, axis=1, keepdims=True))
+        x = y / np.where(eig > 0, eig, 1)
+    maps = x[..., 0].T.reshape(C, N, M)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        maps = maps * np.conj(maps[0] / np.abs(maps[0]))
+    return maps * (eig.reshape(N, M) > crop)
 
 
 def object_support(kspace: np.ndarray, sigma: float, snr: float = 2.0, width: int = 5) -> np.ndarray:
