@@ -154,7 +154,7 @@ def espirit_calib_2d(kspace: np.ndarray, calib_width: int, thresh: float, kernel
 
     The calibration matrix (every ``w x w`` block of the centred ``calib_width`` region) gives,
     by SVD, the kernels ``K_k`` (C, w, w) whose singular values exceed ``thresh`` times the
-    largest. sigpy forms their centred inverse FFTs ``k_k(x)`` (C,) and sums
+    largest (here from the eigenvectors of its Gram matrix; only their span matters). sigpy forms their centred inverse FFTs ``k_k(x)`` (C,) and sums
     ``A(x) = N M / w^2 sum_k k_k(x) k_k(x)^H`` one kernel at a time. Zero-padding ``w x w`` to
     ``N x M`` and the 2D inverse FFT are separable, ``k_k(x, y) = sum_ab K_k[:, a, b] Ex[x, a] Ey[y, b]``
     with ``Ex[:, a]`` the inverse FFT of a unit vector at the padded position ``a``, so
@@ -173,9 +173,12 @@ def espirit_calib_2d(kspace: np.ndarray, calib_width: int, thresh: float, kernel
     calib = sp.resize(kspace, [C, calib_width, calib_width])
     mat = sp.array_to_blocks(calib, [w, w], [1, 1]).reshape(C, -1, w * w)
     mat = mat.transpose(1, 0, 2).reshape(-1, C * w * w)
-    _, s, vh = np.linalg.svd(mat, full_matrices=False)
-    kernels = vh[s > thresh * s.max()]                                   # (n_kernels, C w w)
-    gram = (kernels.T @ kernels.conj()).reshape(C, w, w, C, w, w)       # [c a b, d a' b']
+    # right singular vectors from the eigenvectors of mat^H mat (in float64: the threshold
+    # on singular values is thresh^2 on eigenvalues); 10x faster than the SVD of mat
+    m64 = mat.astype(np.complex128)
+    ev, v = np.linalg.eigh(m64.conj().T @ m64)
+    keep = v[:, ev > thresh**2 * ev.max()]                               # (C w w, n_kernels)
+    gram = (keep.conj() @ keep.T).astype(np.complex64).reshape(C, w, w, C, w, w)  # [c a b, d a' b']
 
     def columns(n: int) -> np.ndarray:  # (n, w): inverse FFT of each zero-padded unit vector
         return np.stack([sp.ifft(sp.resize(np.eye(w, dtype=np.complex64)[a], (n,)))
