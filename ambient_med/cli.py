@@ -171,6 +171,7 @@ def recon(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the calibrated 128)."),
     sigma: str = typer.Option("auto", "--sigma", help="'auto' or the k-space noise std per real channel (data units)."),
     seed: int = typer.Option(0, "--seed"),
+    tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Denoise images larger than this in overlapping tiles (default: the training patch)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -229,7 +230,7 @@ def recon(
                 try:
                     r = pr.reconstruct(k[i], msk if msk.ndim < 4 else msk[min(i, msk.shape[0] - 1)],
                                        sigma=sig, method=method, n_samples=samples, steps=n_steps,
-                                       generator=g, callback=cb)
+                                       generator=g, callback=cb, tile=tile)
                 except AmbientMedError as e:
                     raise DataError(data, f"slice {i}: {getattr(e, 'problem', e)}") from None
                 means.append(r["mean"][0].cpu().numpy())

@@ -68,27 +68,48 @@ def _variant(out: Path, objective: str, cache: Path) -> Path:
 OBJECTIVES = ("ambient+consistency", "naive")
 
 
+def _draw_samples(prior, n: int) -> torch.Tensor:
+    """``n`` samples of ``prior`` with the demo protocol's sampler, from a fixed seed (the same
+    noise for both priors, so their samples differ only by what each prior learned)."""
+    sampler = load_protocol_sampler()
+    dev = next(prior.model.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(2)
+    return prior.sample(n, steps=sampler.steps, mode=sampler.mode, sampler=sampler.sampler,
+                        generator=g, space="model")
+
+
 def _train_run(data: str, run_dir: str, protocol: str, steps: int | None, device: str,
-               threads: int, on_start=None, callback=None, keep_result: bool = False) -> dict:
+               threads: int, on_start=None, callback=None, keep_result: bool = False,
+               n_samples: int = 0) -> dict:
     """One ``run_training`` (also the body of the second process, which returns only picklable
-    facts; ``keep_result`` adds the whole ``RunResult`` for the caller's own process)."""
+    facts; ``keep_result`` adds the whole ``RunResult`` for the caller's own process).
+    ``n_samples > 0`` also draws the report's prior samples (:func:`_draw_samples`), so that
+    the second process does it while the slower ambient run still trains."""
+    from .prior import AmbientPrior
     from .run import run_training
 
     torch.set_num_threads(threads)
     res = run_training([data], run_dir, protocol=protocol, sigma_n="auto", steps=steps,
                        device=device, previews=0, on_start=on_start, callback=callback)
+    samples = None
+    if n_samples and not res.interrupted:
+        prior = AmbientPrior.load(res.prior_path, device=next(res.model.parameters()).device)
+        with torch.no_grad():
+            samples = _draw_samples(prior, n_samples).cpu()
     return {"result": res if keep_result else None, "prior_path": res.prior_path,
-            "step": res.step, "interrupted": res.interrupted}
+            "step": res.step, "interrupted": res.interrupted, "samples": samples}
 
 
 def _train_both(out: Path, protocols: dict, *, steps: int | None, device: str,
-                log: Callable[[str], None]) -> dict:
+                log: Callable[[str], None], n_samples: int = 0) -> dict:
     """Train the two priors, at the same time on a CPU with two or more cores.
 
     Each run is a 0.3M-parameter network on 32x32 images, which one thread serves as well as
     several (more threads spin on synchronisation, measured 3x slower on 2 cores): two
     single-threaded processes use two cores fully and halve the demo's wall time. On a GPU or a
-    one-core machine they run one after the other. Returns ``{objective: RunResult-like}``."""
+    one-core machine they run one after the other. The second process also draws its prior's
+    ``n_samples`` report samples (it finishes first: no consistency term). Returns
+    ``{objective: (RunResult-like, samples or None)}``."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
     from types import SimpleNamespace
@@ -107,7 +128,7 @@ def _train_both(out: Path, protocols: dict, *, steps: int | None, device: str,
         log(f"3/5 training the {main} and {other} priors on the noisy files alone, at the same "
             "time (same network, data and steps; one core each)")
         pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
-        future = pool.submit(_train_run, *args[other])
+        future = pool.submit(_train_run, *args[other], n_samples=n_samples)
     else:
         log(f"3/5 training the {main} prior on the noisy files alone")
     bar = TrainProgress()
@@ -127,7 +148,8 @@ def _train_both(out: Path, protocols: dict, *, steps: int | None, device: str,
     for name, d in ((main, done), (other, rest)):
         if d["interrupted"]:
             raise KeyboardInterrupt
-        runs[name] = d["result"] or SimpleNamespace(prior_path=d["prior_path"], step=d["step"])
+        runs[name] = (d["result"] or SimpleNamespace(prior_path=d["prior_path"], step=d["step"]),
+                      d["samples"])
     return runs
 
 
@@ -169,11 +191,12 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
     protocols = {o: _variant(out, o, out / "cache") for o in OBJECTIVES}
     # fill the shared preprocessing cache once, so that the two runs only read it
     load_data([str(out / "data")], load_protocol(protocols[OBJECTIVES[0]]), "auto")
-    runs = _train_both(out, protocols, steps=steps, device=device, log=log)
+    n_draw = max(min(previews, len(truth["files"]) * slices), noise_samples)
+    both = _train_both(out, protocols, steps=steps, device=device, log=log, n_samples=n_draw)
+    runs = {name: run for name, (run, _) in both.items()}
     t_train = time.perf_counter() - t0
     # the report's no-grad batches are alone now and gain from every core (~25% with 2 of 2)
     torch.set_num_threads(os.cpu_count() or 1)
-    t_train = time.perf_counter() - t0
 
     log("5/5 denoising, posterior uncertainty, samples of both priors")
     res = runs["ambient+consistency"]
@@ -196,12 +219,8 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
     k = min(previews, y.shape[0])
     g = torch.Generator(device=dev).manual_seed(1)
     post = prior.posterior(y[:k], sn, n_samples=posterior_samples, generator=g, space="model")
-    sampler = load_protocol_sampler()
-    samples = {}
-    for name, p in priors.items():  # the same noise seeds for both priors
-        g = torch.Generator(device=dev).manual_seed(2)
-        samples[name] = p.sample(max(k, noise_samples), steps=sampler.steps, mode=sampler.mode,
-                                 sampler=sampler.sampler, generator=g, space="model")
+    samples = {name: (drawn.to(dev) if drawn is not None else _draw_samples(priors[name], n_draw))
+               for name, (_, drawn) in both.items()}
     # background: outside every phantom, where the clean image is 0 (below 0.1% of its peak:
     # the phantoms' band-limited edges leave tiny ripples)
     clean_mag = np.abs(truth["clean"])

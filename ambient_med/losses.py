@@ -138,6 +138,10 @@ class LossConfig:
     consistency_variant: str = "pair"
     consistency_chain_steps: int = 1     # no-grad reverse steps from sigma_n down to sigma
     consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n for the consistency levels
+    # highest sigma / sigma_n of the upper (target) level s. Above 1, s > sigma_n draws x_s
+    # exactly by re-noising y, and the pairs also tie the band just around sigma_n (where the
+    # ambient weight vanishes) to the well-trained levels above it
+    consistency_max_ratio: float = 1.0
     # u/sigma range for the pair and reverse steps from sigma to u in each pair chain: nearby
     # levels and two sub-steps keep the pair centred on non-Gaussian data (the 0.1.0 setting,
     # (0.5, 0.9) with one first-order step, was 3.4 standard errors off on the Gaussian-mixture
@@ -160,6 +164,8 @@ class LossConfig:
             raise ValueError("consistency_order must be 1 or 2")
         if self.consistency_substeps < 1 or self.consistency_chain_steps < 1:
             raise ValueError("consistency_substeps and consistency_chain_steps must be >= 1")
+        if not 0 < self.consistency_min_ratio < 1 <= self.consistency_max_ratio:
+            raise ValueError("need 0 < consistency_min_ratio < 1 <= consistency_max_ratio")
 
 
 @dataclass
@@ -224,7 +230,7 @@ def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
     ``E[x0 | x_s] = E[ E[x0 | x_u] | x_s ]`` for ``u < s``), per sample.
 
     ``pair``: from ``y`` (an exact draw at ``sigma_n``) run the model's reverse chain to a random
-    ``s < sigma_n``; take two independent reverse chains of ``consistency_substeps`` steps to
+    ``s < sigma_n`` (or, for ``s > sigma_n`` when ``consistency_max_ratio > 1``, re-noise ``y``); take two independent reverse chains of ``consistency_substeps`` steps to
     ``u < s``; penalise ``(T - D(x_u1, u)) . (T - D(x_u2, u))`` with the fixed target
     ``T = D(x_s, s)``. Its conditional mean given ``x_s`` is ``|| T - E[D(x_u, u) | x_s] ||^2``, zero
     at the exact denoisers for *any* data distribution if the kernel ``x_s -> x_u`` is the true
@@ -239,12 +245,19 @@ def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
     The returned term's inputs are the two lower-level draws, stacked.
     """
     n = y.shape[0]
-    lo = sigma_n * cfg.consistency_min_ratio
-    s = sample_sigma_loguniform(n, lo, sigma_n, generator=generator, device=y.device)
+    lo, hi = sigma_n * cfg.consistency_min_ratio, sigma_n * cfg.consistency_max_ratio
+    s = sample_sigma_loguniform(n, lo, hi, generator=generator, device=y.device)
     order = cfg.consistency_order
     with torch.no_grad():
-        x_s, _ = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps, generator,
-                               order=order)
+        if cfg.consistency_max_ratio > 1:  # s above sigma_n: an exact draw, y re-noised
+            eta = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+            above = append_dims(s > sigma_n, y.ndim)
+            x_s, _ = reverse_chain(denoiser, y, sigma_n, torch.minimum(s, sigma_n),
+                                   cfg.consistency_chain_steps, generator, order=order)
+            x_s = torch.where(above, renoise(y, s, sigma_n, eta), x_s)
+        else:
+            x_s, _ = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps,
+                                   generator, order=order)
         target = denoiser(x_s, s)
         r0, r1 = cfg.consistency_step_ratio
         u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))

@@ -148,3 +148,24 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     if not bool(torch.all(ws > 0)):
         raise RuntimeError("tiling left pixels without weight (a bug: please report)")
     return (out[(slice(None), slice(None), *crop)] / ws).to(x.dtype)
+
+
+def tiled_denoiser(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   patch: int | Sequence[int], overlap: int | Sequence[int] | None = None,
+                   batch_size: int = 8) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``D(x, sigma)`` evaluated patch-wise (:func:`tiled_apply`, smooth blending; overlap a
+    quarter of the patch by default), for samplers that call a denoiser on images larger than
+    the patches the network was trained on (GroupNorm statistics and the receptive field then
+    match training). ``sigma`` may be a scalar or one level per image; differentiable, so the
+    guided samplers' Jacobian products run through it."""
+    p = patch
+    o = overlap if overlap is not None else (
+        p // 4 if isinstance(p, int) else tuple(int(q) // 4 for q in p))
+
+    def apply(x: torch.Tensor, sigma) -> torch.Tensor:
+        s = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
+        if s.numel() > 1 and not bool(torch.all(s == s[0])):  # per-image levels: one at a time
+            return torch.cat([apply(x[i:i + 1], s[i]) for i in range(x.shape[0])])
+        return tiled_apply(lambda t: denoiser(t, s[0]), x, p, o, batch_size=batch_size)
+
+    return apply

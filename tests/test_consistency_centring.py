@@ -37,3 +37,27 @@ def test_default_consistency_pair_is_centred_at_the_exact_denoiser(case, sigma_n
     z = v.mean() / (v.std() / math.sqrt(v.numel()))
     assert abs(z) < 3, f"mean {v.mean():.4g} is {z:.1f} standard errors from 0"
 
+
+
+@pytest.mark.parametrize("ratio", [(0.8, 0.95), (0.5, 0.9)])
+@pytest.mark.parametrize("case,sigma_n", [("fieldmix", 1.0), ("pixmix", 0.5), ("gaussian", 1.0)])
+def test_pairs_reaching_above_sigma_n_stay_centred(case, sigma_n, ratio):
+    """``consistency_max_ratio = 2``: upper levels above sigma_n are exact re-noised draws of y;
+    the pair stays centred (the default step ratio and the demo protocol's)."""
+    dist, denoiser = CASES[case]
+    cfg = LossConfig(sigma_data=1.0, consistency_max_ratio=2.0, consistency_step_ratio=ratio)
+    g = torch.Generator().manual_seed(1)
+    vals = []
+    for _ in range(5):
+        x0 = dist.sample(4000, g).double()
+        y = x0 + sigma_n * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        vals.append(consistency_loss(denoiser, y, torch.full((4000,), sigma_n, dtype=y.dtype),
+                                     cfg, generator=g))
+    v = torch.cat(vals)
+    z = v.mean() / (v.std() / math.sqrt(v.numel()))
+    assert abs(z) < 3, f"mean {v.mean():.4g} is {z:.1f} standard errors from 0"
+
+
+def test_consistency_ratios_are_validated():
+    with pytest.raises(ValueError, match="consistency_max_ratio"):
+        LossConfig(consistency_max_ratio=0.5)

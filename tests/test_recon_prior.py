@@ -113,3 +113,37 @@ def test_user_operator_through_samplers_directly(problem):
     assert out["mean"].shape == (1, 2, 16, 16) and out["calls"] == 5
     resid = forward(out["mean"]) - y
     assert float(resid.pow(2).sum() / (2 * keep.sum())) ** 0.5 < 3 * 0.05
+
+
+class _WhiteWiener(torch.nn.Module):
+    """The exact denoiser of a white Gaussian prior of std 0.5: pointwise, so tiling is exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("sigma_data", torch.tensor(0.5))
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, x, sigma):
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
+        return x * 0.25 / (0.25 + s**2) + 0 * self.anchor
+
+
+def test_reconstruct_tiles_images_larger_than_the_training_patch(problem):
+    """A prior trained on 8x8 patches sees 8x8 tiles of a 16x16 slice; with a local (here
+    pointwise) denoiser the tiled reconstruction is the whole-image one."""
+    p = problem
+    meta = _prior().metadata
+    meta.training = {"image_shape": [8, 8]}
+    net = EDMDenoiser(NET)
+    shapes = []
+    net.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape[2:])))
+    kw = dict(maps=p["maps"][None], sigma=SIGMA_K, n_samples=2, steps=4)
+    out = AmbientPrior(net, meta).reconstruct(p["k"], p["mask"], **kw,
+                                              generator=torch.Generator().manual_seed(0))
+    assert set(shapes) == {(8, 8)} and out["mean"].shape == (2, 1, 16, 16)
+    assert torch.isfinite(torch.view_as_real(out["samples"])).all()
+    wiener = AmbientPrior(_WhiteWiener(), meta)
+    tiled = wiener.reconstruct(p["k"], p["mask"], **kw, generator=torch.Generator().manual_seed(0))
+    whole = wiener.reconstruct(p["k"], p["mask"], **kw, tile=16,
+                               generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(tiled["samples"], whole["samples"], rtol=1e-4, atol=1e-3 * SIGMA_K)

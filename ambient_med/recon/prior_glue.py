@@ -129,10 +129,23 @@ def espirit_maps_batch(kspace: torch.Tensor, calib_width: int) -> torch.Tensor:
                                       for kn in k]))
 
 
+def _maybe_tiled(prior, spatial: tuple[int, ...], tile: int | None):
+    """The prior's network, tiled when the image is larger than ``tile`` (default: the
+    training image size recorded in the prior)."""
+    from ambient_med.tiling import tiled_denoiser
+
+    if tile is None:
+        tile = max(prior.metadata.training.get("image_shape") or [0]) or max(spatial)
+    if tile < 1:
+        raise ValueError(f"tile must be a positive size, got {tile}")
+    return tiled_denoiser(prior.model, int(tile)) if max(spatial) > tile else prior.model
+
+
 def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
                 method: str = "dc", n_samples: int = 8, steps: int | None = None,
                 generator: torch.Generator | None = None,
-                callback: Callable | None = None, **sampler_kwargs) -> dict:
+                callback: Callable | None = None, tile: int | None = None,
+                **sampler_kwargs) -> dict:
     """Posterior reconstruction of one complex image per slice from undersampled k-space.
 
     Args:
@@ -145,6 +158,10 @@ def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
             step) or ``"dps"`` (:func:`~ambient_med.recon.samplers.sample_dps`, Tweedie-covariance
             guidance through the network: more accurate, several times the cost).
         n_samples, steps, generator, callback: passed to the sampler.
+        tile: images with a side longer than this are denoised in overlapping tiles of this
+            size (:func:`ambient_med.tiling.tiled_denoiser`); default the prior's training
+            image size, so a prior trained on patches sees patches. The data consistency and
+            the noise stay whole-image: only the network call is tiled.
 
     Returns ``{"mean", "std", "samples", "calls", "sigma", "maps"}``: ``mean`` and ``std``
     complex ``(N, 1, *spatial)`` in data units (``std``: real part the posterior std of the real
@@ -195,11 +212,12 @@ def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
     sigma_y = sigma_k / s
     common = dict(n_samples=n_samples, steps=steps, generator=generator, callback=callback,
                   sigma_data=meta.sigma_data, **sampler_kwargs)
+    denoiser = _maybe_tiled(prior, tuple(k.shape[2:]), tile)
     if method == "dc":
         with torch.no_grad():
-            out = sample_dc(prior.model, fwd, adj, y, sigma_y, **common)
+            out = sample_dc(denoiser, fwd, adj, y, sigma_y, **common)
     else:
-        out = sample_dps(prior.model, fwd, adj, y, sigma_y, **common)
+        out = sample_dps(denoiser, fwd, adj, y, sigma_y, **common)
 
     def data(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
         x = channels_to_complex(x.detach() * s, dim=channel_dim)
