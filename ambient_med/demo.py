@@ -100,51 +100,80 @@ def _train_run(data: str, run_dir: str, protocol: str, steps: int | None, device
             "step": res.step, "interrupted": res.interrupted, "samples": samples}
 
 
-def _train_both(out: Path, protocols: dict, *, steps: int | None, device: str,
-                log: Callable[[str], None], n_samples: int = 0) -> dict:
-    """Train the two priors, at the same time on a CPU with two or more cores.
+def _import_training() -> None:
+    from . import run  # noqa: F401
+
+
+def _sample_file(prior_path: str, n: int, device: str, threads: int) -> torch.Tensor:
+    """Body of the second process for the report: :func:`_draw_samples` of a saved prior."""
+    from .prior import AmbientPrior
+    from .utils import resolve_device
+
+    torch.set_num_threads(threads)
+    prior = AmbientPrior.load(prior_path, device=resolve_device(device))
+    with torch.no_grad():
+        return _draw_samples(prior, n).cpu()
+
+
+def _second_process(device: str):
+    """A one-worker spawn pool on a CPU with two or more cores, else None.
 
     Each run is a 0.3M-parameter network on 32x32 images, which one thread serves as well as
     several (more threads spin on synchronisation, measured 3x slower on 2 cores): two
     single-threaded processes use two cores fully and halve the demo's wall time. On a GPU or a
-    one-core machine they run one after the other. The second process also draws its prior's
-    ``n_samples`` report samples (it finishes first: no consistency term). Returns
-    ``{objective: (RunResult-like, samples or None)}``."""
+    one-core machine everything runs one after the other in this process."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
+
+    from .utils import resolve_device
+
+    if resolve_device(device).type != "cpu" or (os.cpu_count() or 1) < 2:
+        return None
+    return ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+
+
+def _train_both(out: Path, protocols: dict, *, steps: int | None, device: str,
+                log: Callable[[str], None], pool=None, n_samples: int = 0) -> dict:
+    """Train the two priors: the naive one in ``pool`` (the second process) while this process
+    trains the ambient one, or one after the other when ``pool`` is None. The second process
+    also draws its prior's ``n_samples`` report samples (it finishes first: no consistency
+    term); once it is done, this process takes every core. Returns
+    ``{objective: (RunResult-like, samples or None)}``."""
     from types import SimpleNamespace
 
     from .progress import TrainProgress
-    from .utils import resolve_device
 
     cores = os.cpu_count() or 1
-    parallel = resolve_device(device).type == "cpu" and cores >= 2
     main, other = OBJECTIVES
     args = {o: (str(out / "data"), str(out / f"run-{o.replace('+', '-')}"), str(protocols[o]), steps,
-                device, 1 if parallel else max(1, min(torch.get_num_threads(), cores // 2)))
+                device, 1 if pool else max(1, min(torch.get_num_threads(), cores // 2)))
             for o in OBJECTIVES}
-    runs, pool, future, threads = {}, None, None, torch.get_num_threads()
-    if parallel:
+    future, threads = None, torch.get_num_threads()
+    if pool is not None:
         log(f"3/5 training the {main} and {other} priors on the noisy files alone, at the same "
             "time (same network, data and steps; one core each)")
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
         future = pool.submit(_train_run, *args[other], n_samples=n_samples)
     else:
         log(f"3/5 training the {main} prior on the noisy files alone")
     bar = TrainProgress()
+
+    def update(*a, **k):
+        # the naive run (no consistency term) ends first: its core then serves this run
+        if future is not None and future.done() and torch.get_num_threads() < cores:
+            torch.set_num_threads(cores)
+        return bar.update(*a, **k)
+
     try:
         try:
-            done = _train_run(*args[main], on_start=bar.start, callback=bar.update,
-                              keep_result=True)
+            done = _train_run(*args[main], on_start=bar.start, callback=update, keep_result=True)
         finally:
             bar.stop()
-        if not parallel:
+        if pool is None:
             log(f"4/5 training the {other} prior (same network, data and steps)")
-        rest = future.result() if parallel else _train_run(*args[other])
+        rest = future.result() if future is not None else _train_run(*args[other])
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
+    runs = {}
     for name, d in ((main, done), (other, rest)):
         if d["interrupted"]:
             raise KeyboardInterrupt
@@ -163,10 +192,8 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
              overwrite: bool = False, log: Callable[[str], None] = print,
              n_files: int = N_FILES, slices: int = SLICES, previews: int = 8,
              posterior_samples: int = 8, noise_samples: int = 32) -> dict:
-    from .images import save_grid, to_display
     from .noise import estimate_noise_file
     from .phantoms import make_phantom_dataset
-    from .prior import AmbientPrior
     from .config import load_protocol
     from .run import load_data
 
@@ -189,14 +216,38 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
     sigma_files = float(np.sqrt(np.mean([e.sigma**2 for e in ests])))
 
     protocols = {o: _variant(out, o, out / "cache") for o in OBJECTIVES}
-    # fill the shared preprocessing cache once, so that the two runs only read it
-    load_data([str(out / "data")], load_protocol(protocols[OBJECTIVES[0]]), "auto")
     n_draw = max(min(previews, len(truth["files"]) * slices), noise_samples)
-    both = _train_both(out, protocols, steps=steps, device=device, log=log, n_samples=n_draw)
+    pool = _second_process(device)
+    try:
+        if pool is not None:  # the second process imports the training code meanwhile
+            pool.submit(_import_training)
+        # fill the shared preprocessing cache once, so that the two runs only read it
+        load_data([str(out / "data")], load_protocol(protocols[OBJECTIVES[0]]), "auto")
+        return _train_and_report(out, truth, protocols, sigma_files, t0, pool=pool, steps=steps,
+                                 device=device, log=log, n_draw=n_draw, previews=previews,
+                                 posterior_samples=posterior_samples)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _train_and_report(out: Path, truth: dict, protocols: dict, sigma_files: float, t0: float, *,
+                      pool, steps: int | None, device: str, log: Callable[[str], None],
+                      n_draw: int, previews: int, posterior_samples: int) -> dict:
+    from .images import save_grid, to_display
+    from .prior import AmbientPrior
+
+    both = _train_both(out, protocols, steps=steps, device=device, log=log, pool=pool,
+                       n_samples=n_draw)
     runs = {name: run for name, (run, _) in both.items()}
     t_train = time.perf_counter() - t0
-    # the report's no-grad batches are alone now and gain from every core (~25% with 2 of 2)
-    torch.set_num_threads(os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    drawing = None
+    if pool is not None:  # the ambient prior's samples in the second process, beside the rest
+        drawing = pool.submit(_sample_file, str(runs["ambient+consistency"].prior_path), n_draw,
+                              device, 1)
+    # the report's no-grad batches gain from every free core (~25% with 2 of 2)
+    torch.set_num_threads(max(1, cores - (1 if drawing is not None else 0)))
 
     log("5/5 denoising, posterior uncertainty, samples of both priors")
     res = runs["ambient+consistency"]
@@ -219,8 +270,11 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
     k = min(previews, y.shape[0])
     g = torch.Generator(device=dev).manual_seed(1)
     post = prior.posterior(y[:k], sn, n_samples=posterior_samples, generator=g, space="model")
-    samples = {name: (drawn.to(dev) if drawn is not None else _draw_samples(priors[name], n_draw))
-               for name, (_, drawn) in both.items()}
+    drawn = {name: d for name, (_, d) in both.items()}
+    if drawing is not None:
+        drawn["ambient+consistency"] = drawing.result()
+    samples = {name: (d.to(dev) if d is not None else _draw_samples(priors[name], n_draw))
+               for name, d in drawn.items()}
     # background: outside every phantom, where the clean image is 0 (below 0.1% of its peak:
     # the phantoms' band-limited edges leave tiny ripples)
     clean_mag = np.abs(truth["clean"])

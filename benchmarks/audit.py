@@ -77,6 +77,10 @@ def parse(argv=None):
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--work", type=Path, default=Path("/tmp/ambient-med-bench/audit"))
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--name", default="audit", help="output file stem in --out (audit.json, ...)")
+    p.add_argument("--only", choices=OBJECTIVES, default=None,
+                   help="train (or reuse) this prior in --work and stop: two such runs train the "
+                        "priors side by side on two cores, a third run without --only audits them")
     a = p.parse_args(argv)
     a.patch = a.size                       # whole images (train_priors reads args.patch)
     if a.quick:
@@ -120,8 +124,11 @@ def main(argv=None) -> dict:
     print(f"audit: {len(train_idx)} training slices {train_idx[0]}..{train_idx[-1]}, "
           f"{len(control_idx)} control; {args.size}x{args.size}, sigma {sigma:.4f}", flush=True)
     t = time.perf_counter()
-    priors, info = train_priors(OBJECTIVES, x_tr, y_tr, sigma, scale, args, args.work, "audit")
+    objectives = (args.only,) if args.only else OBJECTIVES
+    priors, info = train_priors(objectives, x_tr, y_tr, sigma, scale, args, args.work, "audit")
     t_train = time.perf_counter() - t
+    if args.only:
+        return {"trained": args.only, "seconds": t_train}
 
     # the attack uses the first --n-attack training images: put first the training neighbour
     # (one slice below) of each control slice, so that both sides of the attack cover the same
@@ -177,7 +184,7 @@ def main(argv=None) -> dict:
               f"{rep['share_rho_gt_0.9']:.1%}; attack train/held-out "
               f"{rep['reconstruction_attack']['train_over_heldout']:.3f}", flush=True)
 
-    suffix = "_quick" if args.quick else ""
+    suffix = (f"_{args.name}" if args.name != "audit" else "") + ("_quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "data": {"mni": MNI.name, "train_slices": train_idx, "control_slices": control_idx,

@@ -49,6 +49,10 @@ VARIANTS = {  # loss overrides on top of the protocol named by --base
     "cmax2": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0},
     "cmax2s320": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0,
                   "consistency_start": 0.3, "train": {"steps": 320}},
+    "fast": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0,
+             "consistency_substeps": 1, "train": {"batch_size": 12}},
+    "fastlr": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0,
+               "consistency_substeps": 1, "train": {"batch_size": 12, "lr": 0.002}},
 }
 OLD_DEMO_LOSS = {"p_mean": -1.0, "p_std": 1.2, "consistency_step_ratio": [0.8, 0.95]}
 
