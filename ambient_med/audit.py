@@ -43,11 +43,13 @@ def nearest_correlation(prior, samples: torch.Tensor, train: torch.Tensor,
 
 def attack_error(prior, images: torch.Tensor, sigma_a: float,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image ``||D(x + sigma_a e, sigma_a) - x|| / ||x||`` (data units)."""
-    noise = torch.randn(images.shape, dtype=images.dtype, generator=generator)
-    if torch.is_complex(images):
+    """Per-image ``||D(x + sigma_a e, sigma_a) - x|| / ||x||`` (data units), computed on the
+    prior's device (``generator`` must live there), returned on the images' device."""
+    x = images.to(prior.device)
+    noise = torch.randn(x.shape, dtype=x.dtype, generator=generator, device=x.device)
+    if torch.is_complex(x):
         noise = noise * np.sqrt(2)               # std sigma_a per real channel
-    d = prior.denoise(images + sigma_a * noise, sigma_a)
+    d = prior.denoise(x + sigma_a * noise, sigma_a).to(images.device)
     diff = (d - images).reshape(images.shape[0], -1).abs()
     return diff.norm(dim=1) / images.reshape(images.shape[0], -1).abs().norm(dim=1).clamp_min(1e-12)
 
@@ -57,8 +59,9 @@ def audit(prior, train: torch.Tensor, *, heldout: torch.Tensor | None = None, n_
           seed: int = 0) -> dict:
     """Run both checks; ``train`` and ``heldout`` are images ``(N, C, *spatial)`` in data units
     (complex for complex priors). ``attack_sigma`` is in units of the prior's ``sigma_data``
-    (model space), i.e. ``sigma_a = attack_sigma * sigma_data * s`` in data units."""
-    g = torch.Generator().manual_seed(seed)
+    (model space), i.e. ``sigma_a = attack_sigma * sigma_data * s`` in data units. The network
+    runs on the prior's device; the images and the report stay on the CPU."""
+    g = torch.Generator(device=prior.device).manual_seed(seed)
     shape = tuple(train.shape[2:])
     samples = prior.sample(n_samples, steps=steps, shape=shape, generator=g).cpu()
     rho = nearest_correlation(prior, samples, train)

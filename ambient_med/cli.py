@@ -258,17 +258,19 @@ def audit(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: calibrated)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON report here (default: print it)."),
     seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ):
     """Memorisation audit: nearest-training-image correlation of samples, reconstruction attack."""
     from .audit import audit as run_audit, load_images
     from .prior import AmbientPrior
     from .prior_tools import _prior_path
+    from .utils import resolve_device
 
     with user_errors():
         if out is not None and out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists")
-        pr = AmbientPrior.load(_prior_path(prior), device="cpu")
+        pr = AmbientPrior.load(_prior_path(prior), device=resolve_device(device))
         train_x = load_images(data, pr)
         held = None if heldout is None else load_images(heldout, pr)
         report = run_audit(pr, train_x, heldout=held, n_samples=n_samples, steps=steps, seed=seed)

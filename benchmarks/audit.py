@@ -72,6 +72,7 @@ def parse(argv=None):
                    help="attack noise levels in units of the prior's sigma_data")
     p.add_argument("--n-attack", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto: where the priors train and sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--retrain", action="store_true")
@@ -154,7 +155,7 @@ def main(argv=None) -> dict:
                     n_attack=args.n_attack, seed=args.seed)
         attacks = {}
         for level in args.attack_sigma:
-            g = torch.Generator().manual_seed(args.seed + 17)
+            g = torch.Generator(device=prior.device).manual_seed(args.seed + 17)
             s_a = level * prior.metadata.sigma_data * prior.metadata.scale
             tr = attack_error(prior, train_t[:args.n_attack], s_a, g)
             ho = attack_error(prior, control_t[:args.n_attack], s_a, g)
@@ -163,7 +164,7 @@ def main(argv=None) -> dict:
                                    "train_over_heldout": float(tr.mean() / ho.mean())}
         rep["attack_levels"] = attacks
         # samples again (same seed as audit()) for the figure and the noisy-set statistic
-        g = torch.Generator().manual_seed(args.seed)
+        g = torch.Generator(device=prior.device).manual_seed(args.seed)
         samples = prior.sample(args.n_samples, steps=args.sample_steps, shape=(args.size, args.size),
                                generator=g).cpu()
         rho_c = nearest_correlation(prior, samples, train_t)

@@ -139,6 +139,7 @@ def parse(argv=None):
     p.add_argument("--dps-cg-iters", type=int, default=4, help="inner CG steps for --dps-mode exact")
     p.add_argument("--no-real", action="store_true", help="skip the real k-space part")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto: where the priors train and sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--retrain", action="store_true", help="ignore priors cached in --work")
@@ -318,6 +319,13 @@ def network(args, sigma_data: float, channels: int = 2) -> NetworkConfig:
                          num_res_blocks=1, norm_num_groups=8, num_head_channels=16)
 
 
+def bench_device(args) -> torch.device:
+    """``--device`` of a benchmark (``cpu`` when the parser has none)."""
+    from ambient_med.utils import resolve_device
+
+    return resolve_device(getattr(args, "device", "cpu"))
+
+
 def train_priors(objectives, clean: np.ndarray, noisy: np.ndarray, sigma: float, scale: float,
                  args, work: Path, tag: str, kind: str = "complex") -> tuple[dict, dict]:
     """Train one prior per objective at equal budget; returns ``({objective: AmbientPrior},
@@ -345,7 +353,7 @@ def train_priors(objectives, clean: np.ndarray, noisy: np.ndarray, sigma: float,
         h = hashlib.sha1(key.encode()).hexdigest()[:12]
         path = work / f"{tag}_{obj}.safetensors"
         if path.is_file() and not args.retrain:
-            p = AmbientPrior.load(path)
+            p = AmbientPrior.load(path, device=bench_device(args))
             if p.metadata.training.get("settings_hash") == h:
                 priors[obj], info[obj] = p, p.metadata.training
                 print(f"  reusing {path.name} (trained in {info[obj]['train_seconds']:.0f} s)", flush=True)
@@ -354,7 +362,7 @@ def train_priors(objectives, clean: np.ndarray, noisy: np.ndarray, sigma: float,
                 else PatchSet(ym, sn, args.patch))
         torch.manual_seed(args.seed)
         t = time.perf_counter()
-        res = train(EDMDenoiser(net), data, loss, tcfg, device="cpu")
+        res = train(EDMDenoiser(net), data, loss, tcfg, device=bench_device(args))
         sec = time.perf_counter() - t
         meta = PriorMetadata(network=net.to_dict(), data_kind=kind,
                              sigma_n_data=0.0 if obj == "clean" else sigma,
@@ -452,12 +460,14 @@ def score(est: np.ndarray, ref: np.ndarray, *, magnitude: bool = False) -> dict:
 
 
 def run_sampler(prior: AmbientPrior, ku, mask, maps, sigma, method, args, seed) -> tuple[dict, float, int]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=prior.device).manual_seed(seed)
     extra = {"mode": args.dps_mode, "cg_iters": args.dps_cg_iters} if method == "dps" else {}
     t = time.perf_counter()
     out = prior.reconstruct(ku, mask, maps=maps, sigma=sigma, method=method,
                             n_samples=args.recon_samples, steps=args.recon_steps,
                             sigma_max=args.sigma_max, chunk=args.recon_samples, generator=g, **extra)
+    if prior.device.type == "cuda":
+        torch.cuda.synchronize()
     sec = time.perf_counter() - t
     # one slice per call, the K chains batched: the counter's batched calls x K single-image ones
     return out, sec, int(out["calls"]) * args.recon_samples
@@ -473,22 +483,24 @@ def evaluate_simulation(priors, x0_test, k_test, maps, sigma, masks, tuning, arg
     for obj, prior in priors.items():
         rows = []
         for j, (y, x) in enumerate(zip(y_test, x0_test)):
-            yt = torch.from_numpy(y)[None, None]
+            yt = torch.from_numpy(y)[None, None].to(prior.device)
             t = time.perf_counter()
-            mean = prior.denoise(yt, sigma)[0, 0].numpy()
+            mean = prior.denoise(yt, sigma)[0, 0].cpu().numpy()
             t_mean = time.perf_counter() - t
-            g = torch.Generator().manual_seed(args.seed + 100 + j)
+            g = torch.Generator(device=prior.device).manual_seed(args.seed + 100 + j)
             t = time.perf_counter()
             post = prior.posterior(yt, sigma, n_samples=k_post, steps=args.post_steps, generator=g)
+            if prior.device.type == "cuda":
+                torch.cuda.synchronize()
             t_post = time.perf_counter() - t
             steps = args.post_steps or POSTERIOR_STEPS
-            cov2, covk = coverage(mean, post["std"][0, 0].numpy(), x, k_post)
+            cov2, covk = coverage(mean, post["std"][0, 0].cpu().numpy(), x, k_post)
             rows.append({**score(mean, x), "cov2": cov2, "covK": covk, "calls": 1,
                          "calls_std": k_post * steps, "sec": t_mean, "sec_std": t_post})
             if j == 0:
                 figs[f"denoise {obj}"] = np.abs(mean)
                 if obj == OBJECTIVES[0]:
-                    figs[f"denoise std {obj}"] = post["std"][0, 0].abs().numpy()
+                    figs[f"denoise std {obj}"] = post["std"][0, 0].abs().cpu().numpy()
         record(tab, "denoise", "posterior_mean", obj, rows)
         print(f"  denoise {obj:<20s} PSNR {tab.get('denoise', 'posterior_mean', obj, 'psnr'):.2f}", flush=True)
     # 2. reconstruction
@@ -513,7 +525,7 @@ def evaluate_simulation(priors, x0_test, k_test, maps, sigma, masks, tuning, arg
                 for j, (k, x) in enumerate(zip(k_test, x0_test)):
                     out, sec, calls = run_sampler(prior, k * mask, mask, maps, sigma, method, args,
                                                   args.seed + 1000 * accel + j)
-                    mean, std = out["mean"][0].numpy(), out["std"][0].numpy()
+                    mean, std = out["mean"][0].cpu().numpy(), out["std"][0].cpu().numpy()
                     cov2, covk = coverage(mean, std, x, args.recon_samples)
                     rows.append({**score(mean, x), "cov2": cov2, "covK": covk, "calls": calls, "sec": sec})
                     if j == 0:
@@ -646,7 +658,7 @@ def evaluate_real(priors, tuning, scale, args, tab, rng):
             for method in ("dc", "dps"):
                 out, sec, calls = run_sampler(prior, ku[None], mask, maps[None], sigma, method, args,
                                               args.seed + 7)
-                mean, std = out["mean"][0, 0].numpy(), out["std"][0, 0].numpy()
+                mean, std = out["mean"][0, 0].cpu().numpy(), out["std"][0, 0].cpu().numpy()
                 row = {**real_score(mean, ref, pr["fit"]), "calls": calls, "sec": sec}
                 if not pr["fit"]:   # same maps as the reference: coverage of ref = x0 + noise
                     row["cov2"], row["covK"] = coverage(mean, std, ref, args.recon_samples, sigma**2)
