@@ -172,6 +172,7 @@ def recon(
     sigma: str = typer.Option("auto", "--sigma", help="'auto' or the k-space noise std per real channel (data units)."),
     seed: int = typer.Option(0, "--seed"),
     tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Denoise images larger than this in overlapping tiles (default: the training patch)."),
+    whiten: bool = typer.Option(True, "--whiten/--no-whiten", help="Whiten correlated coil noise, covariance estimated from the acquired readout edges (--no-whiten: the k-space is already white)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -230,7 +231,7 @@ def recon(
                 try:
                     r = pr.reconstruct(k[i], msk if msk.ndim < 4 else msk[min(i, msk.shape[0] - 1)],
                                        sigma=sig, method=method, n_samples=samples, steps=n_steps,
-                                       generator=g, callback=cb, tile=tile)
+                                       generator=g, callback=cb, tile=tile, whiten=whiten)
                 except AmbientMedError as e:
                     raise DataError(data, f"slice {i}: {getattr(e, 'problem', e)}") from None
                 means.append(r["mean"][0].cpu().numpy())

@@ -24,9 +24,14 @@ CASES = {"fieldmix": (FIELDMIX, FIELDMIX.denoise), "pixmix": (PIXMIX, PIXMIX.den
 @pytest.mark.parametrize("case,sigma_n", [("fieldmix", 1.0), ("fieldmix", 0.5), ("pixmix", 0.5),
                                           ("gaussian", 1.0)])
 def test_default_consistency_pair_is_centred_at_the_exact_denoiser(case, sigma_n):
-    dist, denoiser = CASES[case]
     cfg = LossConfig(sigma_data=1.0)  # the package default: pair, second-order sub-steps
-    g = torch.Generator().manual_seed(0)
+    _assert_centred(case, sigma_n, cfg, seed=0)
+
+
+def _assert_centred(case, sigma_n, cfg, seed):
+    """5 x 4000 pair-loss draws at the exact denoiser: mean within 3 standard errors of 0."""
+    dist, denoiser = CASES[case]
+    g = torch.Generator().manual_seed(seed)
     vals = []
     for _ in range(5):
         x0 = dist.sample(4000, g).double()
@@ -44,18 +49,20 @@ def test_default_consistency_pair_is_centred_at_the_exact_denoiser(case, sigma_n
 def test_pairs_reaching_above_sigma_n_stay_centred(case, sigma_n, ratio):
     """``consistency_max_ratio = 2``: upper levels above sigma_n are exact re-noised draws of y;
     the pair stays centred (the default step ratio and the demo protocol's)."""
-    dist, denoiser = CASES[case]
     cfg = LossConfig(sigma_data=1.0, consistency_max_ratio=2.0, consistency_step_ratio=ratio)
-    g = torch.Generator().manual_seed(1)
-    vals = []
-    for _ in range(5):
-        x0 = dist.sample(4000, g).double()
-        y = x0 + sigma_n * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-        vals.append(consistency_loss(denoiser, y, torch.full((4000,), sigma_n, dtype=y.dtype),
-                                     cfg, generator=g))
-    v = torch.cat(vals)
-    z = v.mean() / (v.std() / math.sqrt(v.numel()))
-    assert abs(z) < 3, f"mean {v.mean():.4g} is {z:.1f} standard errors from 0"
+    _assert_centred(case, sigma_n, cfg, seed=1)
+
+
+@pytest.mark.parametrize("case,sigma_n", [("fieldmix", 1.0), ("pixmix", 0.5)])
+def test_demo_protocol_pairs_stay_centred(case, sigma_n):
+    """The demo protocol's consistency settings (wide pairs up to 2 sigma_n, one sub-step)."""
+    from ambient_med.config import load_protocol
+
+    d = load_protocol("demo").loss
+    cfg = LossConfig(sigma_data=1.0, **{k: getattr(d, k) for k in (
+        "consistency_step_ratio", "consistency_max_ratio", "consistency_substeps",
+        "consistency_min_ratio", "consistency_order", "consistency_chain_steps")})
+    _assert_centred(case, sigma_n, cfg, seed=2)
 
 
 def test_consistency_ratios_are_validated():

@@ -89,15 +89,10 @@ def calibration_width(mask: torch.Tensor, axis: int = -1) -> int:
     return hi - lo + 1
 
 
-def estimate_kspace_sigma(kspace, mask=None, edge_fraction: float = 0.25) -> float:
-    """``sigma_k`` (std per real channel) from acquired k-space samples at the readout edges.
-
-    Samples: the outer ``edge_fraction`` of the readout axis (``-2``; at least one row per edge),
-    on the acquired locations (``mask != 0`` and not exactly zero in every coil). The MAD of the
-    pooled real and imaginary parts, ``median |v - median v| / 0.6745`` (Gaussian-consistent)."""
-    from ambient_med.errors import NoiseEstimateError
-    from ambient_med.noise.estimate import mad_sigma
-
+def _edge_samples(kspace, mask=None, edge_fraction: float = 0.25) -> torch.Tensor:
+    """Acquired k-space samples at the readout edges, ``(C, M)`` complex, pooled over slices:
+    the outer ``edge_fraction`` of the readout axis (``-2``; at least one row per edge), on the
+    acquired locations (``mask != 0`` and not exactly zero in every coil)."""
     k = _as_complex_tensor(kspace)
     k = k[None] if k.ndim == 3 else k
     if mask is not None:
@@ -105,8 +100,18 @@ def estimate_kspace_sigma(kspace, mask=None, edge_fraction: float = 0.25) -> flo
     nx = k.shape[-2]
     e = max(1, int(round(edge_fraction * nx / 2)))
     edges = torch.cat([k[..., :e, :], k[..., nx - e:, :]], dim=-2)      # (N, C, 2e, ky)
-    acquired = (edges != 0).any(dim=1, keepdim=True).expand_as(edges)
-    v = edges[acquired]
+    acquired = (edges != 0).any(dim=1)                                   # (N, 2e, ky)
+    return edges.movedim(1, -1)[acquired].T                              # (C, M)
+
+
+def estimate_kspace_sigma(kspace, mask=None, edge_fraction: float = 0.25) -> float:
+    """``sigma_k`` (std per real channel) from acquired k-space samples at the readout edges
+    (:func:`_edge_samples`): the MAD of the pooled real and imaginary parts,
+    ``median |v - median v| / 0.6745`` (Gaussian-consistent)."""
+    from ambient_med.errors import NoiseEstimateError
+    from ambient_med.noise.estimate import mad_sigma
+
+    v = _edge_samples(kspace, mask, edge_fraction).reshape(-1)
     if v.numel() < 16:
         raise NoiseEstimateError(f"only {v.numel()} acquired samples at the readout edges; too few "
                                  "for a noise estimate: give sigma explicitly")
@@ -115,6 +120,37 @@ def estimate_kspace_sigma(kspace, mask=None, edge_fraction: float = 0.25) -> flo
         raise NoiseEstimateError("the acquired k-space edges are noise-free (sigma 0): "
                                  "give sigma explicitly")
     return sigma
+
+
+def estimate_coil_covariance(kspace, mask=None, edge_fraction: float = 0.25,
+                             min_per_coil: int = 16) -> np.ndarray | None:
+    """Coil noise covariance per real channel, ``n n^H / (2 M)`` (:func:`ambient_med.mri.coils.noise_covariance`),
+    from the acquired readout-edge samples; None when there are fewer than ``min_per_coil``
+    samples per coil (too few for a ``C x C`` estimate). The band-limited object leaves little
+    signal there; what it leaves adds slightly to the covariance."""
+    from ambient_med.mri.coils import noise_covariance
+
+    v = _edge_samples(kspace, mask, edge_fraction)
+    if v.shape[1] < min_per_coil * v.shape[0]:
+        return None
+    return noise_covariance(v.numpy())
+
+
+def _whiten_coils(k: torch.Tensor, maps: torch.Tensor | None, cov) -> tuple:
+    """``W k`` and ``W S`` across the coil axis 1, ``W = sigma_out L^{-1}`` for ``cov = L L^H``
+    (:func:`ambient_med.mri.coils.whitening_matrix`; ``sigma_out`` the RMS per-coil sigma, so the
+    data keep their units). The SENSE model ``k = M F S x + n`` becomes ``W k = M F (W S) x + W n``
+    with white ``W n``: the samplers' Gaussian likelihood is then the true one."""
+    from ambient_med.mri.coils import whitening_matrix
+
+    c = k.shape[1]
+    cov = np.asarray(cov)
+    if cov.shape != (c, c):
+        raise DataError(None, f"the coil noise covariance must be {c} x {c} for {c} coils, "
+                              f"got shape {cov.shape}")
+    w = torch.from_numpy(whitening_matrix(cov)).to(torch.complex64)
+    apply = lambda t: torch.einsum("dc,nc...->nd...", w.to(t.device), t.to(torch.complex64))  # noqa: E731
+    return apply(k), (None if maps is None else apply(maps))
 
 
 def espirit_maps_batch(kspace: torch.Tensor, calib_width: int) -> torch.Tensor:
@@ -145,7 +181,7 @@ def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
                 method: str = "dc", n_samples: int = 8, steps: int | None = None,
                 generator: torch.Generator | None = None,
                 callback: Callable | None = None, tile: int | None = None,
-                **sampler_kwargs) -> dict:
+                whiten=True, **sampler_kwargs) -> dict:
     """Posterior reconstruction of one complex image per slice from undersampled k-space.
 
     Args:
@@ -162,12 +198,18 @@ def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
             size (:func:`ambient_med.tiling.tiled_denoiser`); default the prior's training
             image size, so a prior trained on patches sees patches. The data consistency and
             the noise stay whole-image: only the network call is tiled.
+        whiten: ``True`` (default): estimate the coil noise covariance from the acquired
+            readout edges (:func:`estimate_coil_covariance`) and whiten k-space and maps with it
+            (:func:`_whiten_coils`), skipped when the edges hold too few samples; a ``(C, C)``
+            covariance (per real channel) whitens with that one; ``False`` assumes k-space that
+            is already white (``mri.coils.whiten``).
 
-    Returns ``{"mean", "std", "samples", "calls", "sigma", "maps"}``: ``mean`` and ``std``
+    Returns ``{"mean", "std", "samples", "calls", "sigma", "maps", "noise_cov"}``: ``mean`` and ``std``
     complex ``(N, 1, *spatial)`` in data units (``std``: real part the posterior std of the real
     parts, imaginary part that of the imaginary parts, as ``AmbientPrior.posterior``),
     ``samples`` ``(n_samples, N, 1, *spatial)``, ``calls`` the network calls, ``sigma`` the
-    ``sigma_k`` used, ``maps`` the coil maps used. Unbatched input gives unbatched outputs
+    ``sigma_k`` used (after whitening), ``maps`` the coil maps used (whitened with the data),
+    ``noise_cov`` the coil noise covariance whitened with (None: none). Unbatched input gives unbatched outputs
     (no ``N`` axis).
     """
     if method not in METHODS:
@@ -187,15 +229,19 @@ def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
         raise DataError(None, "k-space has NaN or Inf values")
     m = broadcast_mask(mask, tuple(k.shape))
     k = k * m
-    if maps is None:
-        maps_t = espirit_maps_batch(k, calibration_width(m))
-    else:
+    maps_t = None
+    if maps is not None:
         maps_t = torch.as_tensor(maps)
         maps_t = maps_t if maps_t.ndim == k.ndim else maps_t[None]
         if not torch.is_complex(maps_t) or maps_t.shape[1:] != k.shape[1:]:
             raise DataError(None, f"coil maps must be complex (N, {k.shape[1]}, "
                                   f"{', '.join(map(str, k.shape[2:]))}), got shape "
                                   f"{tuple(maps_t.shape)}")
+    cov = estimate_coil_covariance(k) if whiten is True else (None if whiten is False else whiten)
+    if cov is not None:
+        k, maps_t = _whiten_coils(k, maps_t, cov)
+    if maps_t is None:  # calibrated on the whitened data
+        maps_t = espirit_maps_batch(k, calibration_width(m))
     if isinstance(sigma, str):
         if sigma != "auto":
             raise ValueError(f"sigma must be 'auto' or a number, got {sigma!r}")
@@ -225,4 +271,4 @@ def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
 
     return {"mean": data(out["mean"], 1), "std": data(out["std"], 1),
             "samples": data(out["samples"], 2), "calls": out["calls"], "sigma": sigma_k,
-            "maps": maps_t if batched else maps_t[0]}
+            "maps": maps_t if batched else maps_t[0], "noise_cov": cov}
