@@ -172,7 +172,7 @@ def recon(
     sigma: str = typer.Option("auto", "--sigma", help="'auto' or the k-space noise std per real channel (data units)."),
     seed: int = typer.Option(0, "--seed"),
     tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Denoise images larger than this in overlapping tiles (default: the training patch)."),
-    whiten: bool = typer.Option(True, "--whiten/--no-whiten", help="Whiten correlated coil noise, covariance estimated from the acquired readout edges (--no-whiten: the k-space is already white)."),
+    whiten: bool = typer.Option(False, "--whiten/--no-whiten", help="Whiten correlated coil noise with a covariance estimated from the acquired readout edges (default: the k-space is already white; the estimate takes any signal left at the edges for noise)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

@@ -150,9 +150,10 @@ def test_reconstruct_tiles_images_larger_than_the_training_patch(problem):
 
 
 def test_reconstruct_whitens_correlated_coil_noise():
-    """Raw multi-coil noise is correlated and unequal across coils; ``reconstruct`` estimates
-    the covariance from the acquired readout edges and whitens data and maps with it, which is
-    the same as reconstructing pre-whitened data with whitened maps."""
+    """Raw multi-coil noise is correlated and unequal across coils; ``reconstruct(whiten=True)``
+    estimates the covariance from the acquired readout edges and whitens data and maps with it,
+    which is the same as reconstructing pre-whitened data with whitened maps (and as passing the
+    estimated covariance itself)."""
     from ambient_med.mri.coils import whitening_matrix
 
     rng = np.random.default_rng(5)
@@ -169,7 +170,7 @@ def test_reconstruct_whitens_correlated_coil_noise():
     mask[::2] = 1
     mask[12:20] = 1
     prior, kw = _prior(), dict(n_samples=2, steps=4, maps=torch.from_numpy(maps))
-    out = prior.reconstruct(k, mask, **kw, generator=torch.Generator().manual_seed(0))
+    out = prior.reconstruct(k, mask, **kw, whiten=True, generator=torch.Generator().manual_seed(0))
     est = out["noise_cov"]
     assert est is not None
     assert np.linalg.norm(est - cov) / np.linalg.norm(cov) < 0.15
@@ -180,3 +181,6 @@ def test_reconstruct_whitens_correlated_coil_noise():
                                 whiten=False, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out["samples"], by_hand["samples"], rtol=1e-4, atol=1e-3 * SIGMA_K)
     assert by_hand["noise_cov"] is None
+    given = prior.reconstruct(k, mask, **kw, whiten=est, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(given["samples"], out["samples"])
+    assert prior.reconstruct(k, mask, **kw, generator=torch.Generator().manual_seed(0))["noise_cov"] is None
