@@ -171,7 +171,7 @@ def recon(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: the calibrated 128)."),
     sigma: str = typer.Option("auto", "--sigma", help="'auto' or the k-space noise std per real channel (data units)."),
     seed: int = typer.Option(0, "--seed"),
-    tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Denoise images larger than this in overlapping tiles (default: the training patch)."),
+    tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Run the network on overlapping tiles of this size for larger images (default: the training patch for --method dc, no tiles for dps)."),
     whiten: bool = typer.Option(False, "--whiten/--no-whiten", help="Whiten correlated coil noise with a covariance estimated from the acquired readout edges (default: the k-space is already white; the estimate takes any signal left at the edges for noise)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
