@@ -93,7 +93,7 @@ import torch
 
 from ambient_med.datasets import intensity_scale as package_intensity_scale
 from ambient_med.losses import LossConfig
-from ambient_med.mri.complex import channels_to_complex, complex_to_channels
+from ambient_med.mri.complex import complex_to_channels
 from ambient_med.mri.fft import fftc, ifftc
 from ambient_med.mri.operators import SenseOp
 from ambient_med.networks import EDMDenoiser, NetworkConfig
