@@ -10,6 +10,18 @@ standard deviation per real channel.
                 "Consistent Diffusion Meets Tweedie", ICML 2024, arXiv 2404.10177).
 - ``ambient+consistency``  plus the consistency term for sigma < sigma_n.
 
+Optional SURE term (``sure_fraction > 0``) for the band ``[sigma_n, sure_max_ratio sigma_n]``, where
+the ambient weight vanishes. For Gaussian noise of known level, Stein's unbiased risk estimate
+
+    ||D(x_sigma) - x_sigma||^2 + 2 sigma^2 div D(x_sigma) - N sigma^2
+
+has the clean error ``||D(x_sigma) - x0||^2`` as its mean for *any* weakly differentiable ``D``
+(Stein 1981), so its minimiser is again ``E[x0 | x_sigma]``, at ``sigma = sigma_n`` included: the
+posterior mean that denoising reads off. The divergence is the Monte-Carlo estimate
+``b . (D(x + eps b) - D(x)) / eps``, ``b ~ N(0, I)`` (Ramani, Blu, Unser 2008). Training score
+networks with SURE from noisy data: Aali, Arvinte, Kumar, Tamir, "Solving inverse problems with
+score-based generative priors learned from noisy data" (2023).
+
 Ambient-Tweedie. Re-noising ``x_sigma = y + sqrt(sigma^2 - sigma_n^2) * eta`` is an exact draw of the
 clean process at level ``sigma``, and Tweedie's formula applied twice gives
 
@@ -150,6 +162,11 @@ class LossConfig:
     consistency_substeps: int = 2
     consistency_order: int = 2           # 1: DDPM ancestral kernel; 2: DPM-Solver++(2M) SDE
     consistency_start: float = 0.5       # fraction of training done on the ambient term alone
+    # SURE term on [sigma_n, sure_max_ratio sigma_n] (0: off). Each of its samples costs two
+    # network calls with gradient, in full precision (a finite difference does not survive bf16)
+    sure_fraction: float = 0.0
+    sure_max_ratio: float = 1.5
+    sure_epsilon: float = 1e-3           # finite-difference step, relative to sigma
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -166,6 +183,10 @@ class LossConfig:
             raise ValueError("consistency_substeps and consistency_chain_steps must be >= 1")
         if not 0 < self.consistency_min_ratio < 1 <= self.consistency_max_ratio:
             raise ValueError("need 0 < consistency_min_ratio < 1 <= consistency_max_ratio")
+        if not 0 <= self.sure_fraction <= 1:
+            raise ValueError("sure_fraction must lie in [0, 1]")
+        if self.sure_max_ratio < 1 or not 0 < self.sure_epsilon < 0.1:
+            raise ValueError("need sure_max_ratio >= 1 and 0 < sure_epsilon < 0.1")
 
 
 @dataclass
@@ -184,13 +205,30 @@ class Term:
     x: torch.Tensor
     sigma: torch.Tensor
     finish: Callable[[torch.Tensor], torch.Tensor]
+    full_precision: bool = False   # evaluated outside any autocast (finite differences)
+
+
+def _batched_call(denoiser: Denoiser, terms: list[Term]) -> list[torch.Tensor]:
+    out = denoiser(torch.cat([t.x for t in terms]), torch.cat([t.sigma for t in terms]))
+    return list(out.split([t.x.shape[0] for t in terms]))
 
 
 def evaluate_terms(denoiser: Denoiser, terms: list[Term]) -> list[torch.Tensor]:
-    """Run ``denoiser`` once on the concatenated inputs of ``terms``; return each term's loss."""
-    out = denoiser(torch.cat([t.x for t in terms]), torch.cat([t.sigma for t in terms]))
-    chunks = out.split([t.x.shape[0] for t in terms])
-    return [t.finish(c) for t, c in zip(terms, chunks)]
+    """Run ``denoiser`` once on the concatenated inputs of ``terms``; return each term's loss.
+    Under autocast, ``full_precision`` terms get a second call with autocast off."""
+    device_type = terms[0].x.device.type
+    split = torch.is_autocast_enabled(device_type) and any(t.full_precision for t in terms)
+    if not split:
+        return [t.finish(c) for t, c in zip(terms, _batched_call(denoiser, terms))]
+    outs: dict[int, torch.Tensor] = {}
+    for full in (False, True):
+        idx = [i for i, t in enumerate(terms) if t.full_precision == full]
+        if not idx:
+            continue
+        with torch.autocast(device_type, enabled=not full):
+            chunks = _batched_call(denoiser, [terms[i] for i in idx])
+        outs.update({i: c.float() for i, c in zip(idx, chunks)})
+    return [t.finish(outs[i]) for i, t in enumerate(terms)]
 
 
 def _per_sample(w: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
@@ -222,6 +260,37 @@ def ambient_term(y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig, genera
     w = edm_weight(sigma, cfg.sigma_data) / one_minus_r.square().clamp_min(cfg.ambient_weight_floor)
     return Term(x_s, sigma,
                 lambda d: _per_sample(w, (tweedie_noisy_mean(x_s, d, sigma, sigma_n) - y) ** 2))
+
+
+def sure_term(y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig, generator=None) -> Term:
+    """Stein's unbiased risk estimate of ``lambda(s) ||D(x_s, s) - x0||^2``, per element, at a level
+    ``s`` log-uniform on ``[sigma_n, sure_max_ratio sigma_n]`` (``x_s = y`` re-noised, an exact draw):
+
+        lambda(s) [ ||D(x_s) - x_s||^2 + 2 s^2 b.(D(x_s + eps b) - D(x_s)) / eps - N s^2 ] / N,
+
+    ``eps = sure_epsilon * s``. Unbiased for every ``D`` with a positive semi-definite Jacobian (all
+    exact denoisers) up to the finite difference, whose error is O(eps^2) in the mean (the odd
+    moments of ``b`` cancel the O(eps) term); the divergence estimate is floored at 0 per sample.
+    SURE needs the noise level to be right: where the data are less noisy than ``sigma_n`` says,
+    its minimiser over-smooths. The term's inputs are ``x_s`` and ``x_s + eps b``, stacked."""
+    n = y.shape[0]
+    s = sample_sigma_loguniform(n, sigma_n, sigma_n * cfg.sure_max_ratio, generator=generator,
+                                device=y.device).to(y.dtype)
+    eta = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    b = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    x_s = renoise(y, s, sigma_n, eta)
+    eps = append_dims(cfg.sure_epsilon * s, y.ndim)
+
+    def finish(pred):
+        d, d_eps = pred.chunk(2)
+        # b^T J b / N >= 0 for every exact denoiser (J = Cov[x0 | x_s] / s^2 is PSD), so the
+        # floor costs them nothing; it removes the unbounded reward for a negative divergence
+        # that SURE offers wherever the assumed noise level exceeds the true one
+        div = (b * (d_eps - d) / eps).flatten(1).mean(1).clamp_min(0)
+        est = ((d - x_s) ** 2).flatten(1).mean(1) + 2 * s**2 * div - s**2
+        return edm_weight(s, cfg.sigma_data) * est
+
+    return Term(torch.cat([x_s, x_s + eps * b]), s.repeat(2), finish, full_precision=True)
 
 
 def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
@@ -288,6 +357,12 @@ def ambient_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg
     return evaluate_terms(denoiser, [ambient_term(y, sigma_n, cfg, generator)])[0]
 
 
+def sure_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample SURE loss (see ``sure_term``)."""
+    return evaluate_terms(denoiser, [sure_term(y, sigma_n, cfg, generator)])[0]
+
+
 def consistency_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample consistency loss (see ``consistency_term``)."""
@@ -309,17 +384,22 @@ def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tenso
         loss = diffusion_loss(denoiser, x0, cfg, generator).mean()
         return LossOutput(loss, {"dsm": loss.detach()})
 
-    terms = [ambient_term(batch, sigma_n, cfg, generator)]
+    terms, names = [ambient_term(batch, sigma_n, cfg, generator)], ["ambient"]
+    noisy = (sigma_n > 0).nonzero().flatten()  # clean samples (sigma_n = 0) need neither term
+    if cfg.sure_fraction > 0 and noisy.numel() > 0:
+        idx = noisy[:max(int(round(cfg.sure_fraction * batch.shape[0])), 1)]
+        terms.append(sure_term(batch[idx], sigma_n[idx], cfg, generator))
+        names.append("sure")
     if cfg.objective == "ambient+consistency" and progress >= cfg.consistency_start:
-        k = max(int(round(cfg.consistency_fraction * batch.shape[0])), 1)
-        idx = (sigma_n > 0).nonzero().flatten()[:k]  # clean samples (sigma_n = 0) need no term
+        idx = noisy[:max(int(round(cfg.consistency_fraction * batch.shape[0])), 1)]
         if idx.numel() > 0:
             terms.append(consistency_term(denoiser, batch[idx], sigma_n[idx], cfg, generator))
+            names.append("consistency")
     losses = evaluate_terms(denoiser, terms)
-    amb = losses[0].mean()
-    parts, loss = {"ambient": amb.detach()}, amb
-    if len(losses) > 1:
-        cons = losses[1].mean()
-        parts["consistency"] = cons.detach()
-        loss = loss + cfg.consistency_weight * cons
+    weights = {"ambient": 1.0, "sure": 1.0, "consistency": cfg.consistency_weight}
+    parts, loss = {}, 0.0
+    for name, per_sample in zip(names, losses):
+        part = per_sample.mean()
+        parts[name] = part.detach()
+        loss = loss + weights[name] * part
     return LossOutput(loss, parts)

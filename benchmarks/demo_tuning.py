@@ -53,6 +53,12 @@ VARIANTS = {  # loss overrides on top of the protocol named by --base
              "consistency_substeps": 1, "train": {"batch_size": 12}},
     "fastlr": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0,
                "consistency_substeps": 1, "train": {"batch_size": 12, "lr": 0.002}},
+    # round 3: the protocol as shipped, and with the SURE term on [sigma_n, 1.5 sigma_n]
+    "demo": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0, "train": {"batch_size": 12}},
+    "sure25": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0, "sure_fraction": 0.25,
+               "train": {"batch_size": 12}},
+    "sure50": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0, "sure_fraction": 0.5,
+               "train": {"batch_size": 12}},
 }
 OLD_DEMO_LOSS = {"p_mean": -1.0, "p_std": 1.2, "consistency_step_ratio": [0.8, 0.95]}
 

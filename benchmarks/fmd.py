@@ -66,14 +66,17 @@ import torch
 
 from ambient_med.datasets import build_training_set
 from ambient_med.io.discover import open_source
+from ambient_med.config import load_protocol
 from ambient_med.losses import LossConfig
 from ambient_med.networks import EDMDenoiser, NetworkConfig, count_parameters
 from ambient_med.noise import PoissonGaussian, from_dict
 from ambient_med.prior import AmbientPrior, PriorMetadata
 from ambient_med.sampling import POSTERIOR_STEPS, denoise_posterior
 from ambient_med.tiling import tiled_apply
-from ambient_med.train import ResumableSampler, TrainConfig, _batches, _ema_update, _lr, train
+from ambient_med.ema import ema_update
+from ambient_med.train import ResumableSampler, TrainConfig, _batches, _lr, train
 from ambient_med.transforms import RandPatchd, patch_seed
+from overrides import loss_overrides  # benchmarks/overrides.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -112,6 +115,9 @@ def parse():
     p.add_argument("--no-ablations", action="store_true",
                    help="skip the noise-parameter ablations (BM3D with the 50-capture gain fit; "
                         "the ambient posterior mean at sigma 0.9 and 1.1)")
+    p.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override the microscopy-2d protocol's loss settings for the priors "
+                        "(e.g. sure_fraction=0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
@@ -227,7 +233,7 @@ def train_custom(name, model, dataset, cfg: TrainConfig, loss_fn, log):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        _ema_update(ema, model, min(cfg.ema_decay, (2 + step) / (11 + step)))
+        ema_update(ema, model, min(cfg.ema_decay, (2 + step) / (11 + step)))
         acc, n = acc + float(loss.detach()), n + 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             log(f"  {name} step {step + 1}/{cfg.steps} loss {acc / n:.5f} "
@@ -334,7 +340,8 @@ def main():
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup=args.warmup,
                        ema_decay=0.999, seed=args.seed, log_every=max(args.steps // 8, 1),
                        checkpoint_every=10**9, mixed_precision=False)
-    base_loss = LossConfig(sigma_data=info.sigma_data)   # protocol microscopy-2d's loss settings
+    base_loss = LossConfig(**{**load_protocol("microscopy-2d").loss.__dict__, **loss_overrides(args.loss),
+                              "sigma_data": info.sigma_data})
     meta = lambda obj: PriorMetadata(  # noqa: E731
         network=net_cfg.to_dict(), data_kind="intensity", sigma_n_data=1.0, sigma_n_model=sn, scale=scale,
         noise_model="poisson-gaussian", noise=info.noise,
@@ -357,7 +364,7 @@ def main():
             r = train(fresh, data, cfg, tcfg, device=torch.device(args.device),
                       callback=lambda s, row, m=method: log(
                           f"  {m} step {s}/{args.steps} " + " ".join(
-                              f"{k} {row[k]:.4g}" for k in ("loss", "ambient", "consistency", "dsm", "steps_per_sec")
+                              f"{k} {row[k]:.4g}" for k in ("loss", "ambient", "sure", "consistency", "dsm", "steps_per_sec")
                               if k in row)))
             model = r.model
         elif method == "n2v":
@@ -589,7 +596,8 @@ def write(args, scores, unc, ablations, info, models, times, outputs, ref, post,
             f"{args.steps} steps x batch {args.batch_size} of {args.patch}x{args.patch} patches per learned "
             f"method, U-Net features {args.features} (no attention, {max(params.values()) if params else 0} "
             f"parameters), CPU, {torch.get_num_threads()} thread(s); total wall time "
-            f"{times['total_s'] / 60:.1f} min.\n\n{table}\n\n" + "\n".join(ulines) + "\n")
+            f"{times['total_s'] / 60:.1f} min. Priors' loss: protocol microscopy-2d"
+            f"{', with ' + ', '.join(args.loss) if args.loss else ''}.\n\n{table}\n\n" + "\n".join(ulines) + "\n")
     print(text, flush=True)
     print(json.dumps(targets, indent=2))
     md = out / f"{name}.md"

@@ -38,6 +38,7 @@ import yaml
 from scipy import ndimage
 
 from ambient_med.noise.estimate import chi_noise_mean
+from overrides import loss_overrides  # benchmarks/overrides.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DIPY_PIESNO = 0.010749   # dipy 1.12.1 piesno(test_piesno, N=8)
@@ -49,7 +50,7 @@ def data_file() -> Path:
     return base / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz"
 
 
-def protocol(folder: Path, name: str, noise_model: str, steps: int, batch: int) -> Path:
+def protocol(folder: Path, name: str, noise_model: str, steps: int, batch: int, loss: dict) -> Path:
     p = {
         "name": name,
         "description": f"magnitude benchmark, {noise_model} noise model",
@@ -58,7 +59,7 @@ def protocol(folder: Path, name: str, noise_model: str, steps: int, batch: int) 
                  "noise_estimator": "piesno", "num_workers": 0},
         "network": {"features": [16, 32, 32], "attention_levels": [False, False, False],
                     "num_res_blocks": 1, "norm_num_groups": 8, "num_head_channels": 16},
-        "loss": {"objective": "ambient+consistency", "consistency_start": 0.5},
+        "loss": {"objective": "ambient+consistency", "consistency_start": 0.5, **loss},
         "train": {"steps": steps, "batch_size": batch, "lr": 1e-3, "lr_warmup": 100,
                   "ema_decay": 0.995, "log_every": 50, "checkpoint_every": max(steps, 1),
                   "keep_checkpoints": 1, "mixed_precision": False},
@@ -87,6 +88,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--quick", action="store_true", help="20 steps: checks the path, not the figures")
     ap.add_argument("--reuse", action="store_true", help="reuse the priors already trained in --work")
+    ap.add_argument("--name", default="magnitude_mri", help="output file stem in --out")
+    ap.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="loss settings for both priors (e.g. sure_fraction=0.5)")
     a = ap.parse_args()
     f = data_file()
     if not f.is_file():
@@ -109,7 +113,7 @@ def main() -> None:
         if not reused:
             prior_path = run_training(
                 [str(f)], a.work / f"run-{model}",
-                protocol=protocol(a.work, f"mag-{model}", model, steps, a.batch_size), sigma_n="auto",
+                protocol=protocol(a.work, f"mag-{model}", model, steps, a.batch_size, loss_overrides(a.loss)), sigma_n="auto",
                 n_coils=n_coils, previews=0, overwrite=True, handle_signals=False).prior_path
         train_s = None if reused else time.perf_counter() - t   # None: trained by an earlier run
         out = a.work / f"denoised-{model}.nii.gz"
@@ -151,15 +155,17 @@ def main() -> None:
     if a.quick:
         return
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "magnitude_mri.json").write_text(json.dumps(result, indent=2))
-    _figure(vol, rows, bg, a.out / "magnitude_mri.png")
-    (a.out / "magnitude_mri.md").write_text(
+    result["loss_overrides"] = loss_overrides(a.loss)
+    (a.out / f"{a.name}.json").write_text(json.dumps(result, indent=2))
+    _figure(vol, rows, bg, a.out / f"{a.name}.png")
+    (a.out / f"{a.name}.md").write_text(
         f"# Magnitude MRI: test_piesno.nii.gz (8-coil sum of squares) through train and denoise\n\n"
         f"`benchmarks/magnitude_mri.py`, {steps} steps x batch {a.batch_size} per prior, 32x32 patches, "
-        f"CPU, {result['wall_seconds']:.0f} s{' (priors reused from an earlier run)' if a.reuse else ''}. PIESNO sigma (N = 8) = {sigma:.6f} (dipy: {DIPY_PIESNO}); "
+        f"CPU, {result['wall_seconds']:.0f} s{' (priors reused from an earlier run)' if a.reuse else ''}"
+        f"{'; loss ' + ', '.join(a.loss) if a.loss else ''}. PIESNO sigma (N = 8) = {sigma:.6f} (dipy: {DIPY_PIESNO}); "
         f"the chi(16) noise floor in air is {floor:.5f}; noise-free air is 0. "
         f"{int(bg.sum())} background and {int(fg.sum())} foreground voxels.\n\n{md}\n\n"
-        "![magnitude](magnitude_mri.png)\n")
+        f"![magnitude]({a.name}.png)\n")
 
 
 def _figure(vol, rows, bg, path):
