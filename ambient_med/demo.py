@@ -58,6 +58,8 @@ def _variant(out: Path, objective: str, cache: Path) -> Path:
     d = load_protocol("demo").to_dict()
     d["name"] = f"demo-{objective.replace('+', '-')}"
     d["loss"]["objective"] = objective
+    if objective == "naive":
+        d["loss"].pop("sure_fraction", None)   # an ambient-only term
     d["data"]["cache_dir"] = str(cache.resolve())
     path = out / "protocols" / f"{d['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -185,6 +185,9 @@ class LossConfig:
             raise ValueError("need 0 < consistency_min_ratio < 1 <= consistency_max_ratio")
         if not 0 <= self.sure_fraction <= 1:
             raise ValueError("sure_fraction must lie in [0, 1]")
+        if self.sure_fraction > 0 and self.objective in ("clean", "naive"):
+            raise ValueError(f"sure_fraction applies to the ambient objectives; objective "
+                             f"{self.objective!r} has no noise level to apply it at (set it to 0)")
         if self.sure_max_ratio < 1 or not 0 < self.sure_epsilon < 0.1:
             raise ValueError("need sure_max_ratio >= 1 and 0 < sure_epsilon < 0.1")
 

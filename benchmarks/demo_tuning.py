@@ -59,6 +59,9 @@ VARIANTS = {  # loss overrides on top of the protocol named by --base
                "train": {"batch_size": 12}},
     "sure50": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0, "sure_fraction": 0.5,
                "train": {"batch_size": 12}},
+    # the same network inputs per step as the shipped demo (8 + 2x4 SURE + 2x2 pair = 20 vs 18)
+    "sure50b8": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0, "sure_fraction": 0.5,
+                 "train": {"batch_size": 8}},
 }
 OLD_DEMO_LOSS = {"p_mean": -1.0, "p_std": 1.2, "consistency_step_ratio": [0.8, 0.95]}
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -360,7 +359,8 @@ def main():
         t = time.perf_counter()
         if method in PRIORS:
             data = paired if method == "clean" else ds
-            cfg = LossConfig(**{**base_loss.__dict__, "objective": method})
+            cfg = LossConfig(**{**base_loss.__dict__, "objective": method,
+                                **({} if method.startswith("ambient") else {"sure_fraction": 0.0})})
             r = train(fresh, data, cfg, tcfg, device=torch.device(args.device),
                       callback=lambda s, row, m=method: log(
                           f"  {m} step {s}/{args.steps} " + " ".join(

@@ -103,3 +103,28 @@ def test_dispatch_and_to_dict():
     assert set(d) == {"sigma", "method", "uncertainty", "details"} and "covariance" not in d["details"]
     with pytest.raises(ValueError, match="unknown kind"):
         noise.estimate_sigma(n, kind="bogus")
+
+
+def test_piesno_reports_spatially_correlated_background_noise():
+    """White chi(16) noise: lag-1 correlation ~0 and a plain method string. The same noise
+    smoothed per coil before the sum of squares (as reconstruction filters and interpolation do):
+    the correlation is measured and the user is told the white-noise model will keep part of it."""
+    from scipy import ndimage
+
+    from ambient_med.noise.estimate import from_magnitude
+
+    rng = np.random.default_rng(0)
+    obj = np.zeros((96, 96))
+    obj[30:66, 30:66] = 20.0
+    def magnitude(smooth):
+        ch = rng.standard_normal((16, 96, 96))
+        if smooth:
+            ch = np.stack([ndimage.uniform_filter(c, 2) for c in ch]) * 2.0   # unit variance again
+        ch[0] += obj
+        return np.sqrt((ch**2).sum(0))
+    white = from_magnitude(magnitude(False), n_coils=8)
+    assert max(abs(c) for c in white.details["noise_correlation_lag1"]) < 0.05
+    assert "correlated" not in white.method
+    coloured = from_magnitude(magnitude(True), n_coils=8)
+    assert min(coloured.details["noise_correlation_lag1"]) > 0.2
+    assert "correlated between neighbours" in coloured.method

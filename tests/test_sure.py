@@ -107,3 +107,9 @@ def test_sure_does_not_reward_anti_denoisers_when_the_noise_is_overestimated():
                                generator=torch.Generator().manual_seed(6)).mean())
             for c in (-1.5, -0.5, 0.0, 0.5)}
     assert min(loss, key=loss.get) == 0.0, loss
+
+
+def test_sure_is_refused_for_objectives_without_a_noise_level():
+    for objective in ("clean", "naive"):
+        with pytest.raises(ValueError, match="sure_fraction"):
+            LossConfig(objective=objective, sure_fraction=0.5)

@@ -277,9 +277,42 @@ def from_magnitude(image: np.ndarray, n_coils: int = 1, measurements_axis: int |
     _check_chi_spread(x[inside(sigma)], N, alpha)
     f = stats.chi.pdf(chi_q, 2 * N)
     rel = float(np.sqrt(q * (1 - q) / n) / (chi_q * f))
-    return NoiseEstimate(sigma, f"PIESNO magnitude (N={N} coils)", rel,
+    shape = np.shape(image) if measurements_axis is None else np.delete(np.shape(image), measurements_axis)
+    corr = background_correlation(x.reshape(*shape, K), inside(sigma).reshape(shape))
+    method = f"PIESNO magnitude (N={N} coils)"
+    if corr and max(corr) > CORRELATED_NOISE:
+        method += (f"; background noise is correlated between neighbours (lag-1 up to "
+                   f"{max(corr):.2f}): the white-noise model will keep part of it")
+    return NoiseEstimate(sigma, method, rel,
                          {"n_coils": N, "n_background_values": n, "measurements": K,
-                          "background_fraction": n / x.size, "quantile": q, "alpha": alpha})
+                          "background_fraction": n / x.size, "quantile": q, "alpha": alpha,
+                          "noise_correlation_lag1": corr})
+
+
+CORRELATED_NOISE = 0.1   # lag-1 correlation above which white-noise denoising visibly keeps noise
+
+
+def background_correlation(values: np.ndarray, mask: np.ndarray) -> list[float]:
+    """Lag-1 Pearson correlation of ``values`` (spatial axes, then K measurements) between
+    neighbours along each spatial axis, over pairs whose voxels are both in ``mask`` (the noise-only
+    background). White noise gives about 0; reconstruction filters, k-space zero-filling and
+    interpolation make it positive, and a white-noise denoiser then takes the low frequencies of
+    the noise for structure. Axes of length 1, or without 16 pairs, are skipped."""
+    out = []
+    for axis in range(mask.ndim):
+        if mask.shape[axis] < 2:
+            continue
+        lead = [slice(None)] * mask.ndim
+        a_idx, b_idx = list(lead), list(lead)
+        a_idx[axis], b_idx[axis] = slice(1, None), slice(None, -1)
+        both = mask[tuple(a_idx)] & mask[tuple(b_idx)]
+        if np.count_nonzero(both) < 16:
+            continue
+        a = values[tuple(a_idx)][both].ravel()
+        b = values[tuple(b_idx)][both].ravel()
+        a, b = a - a.mean(), b - b.mean()
+        out.append(float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b))))
+    return out
 
 
 def chi_noise_mean(sigma: float, n_coils: int) -> float:
