@@ -296,6 +296,26 @@ def sure_term(y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig, generator
     return Term(torch.cat([x_s, x_s + eps * b]), s.repeat(2), finish, full_precision=True)
 
 
+def sure_noise_check(values: list[float], sigma_data: float, sigma_n: float) -> str | None:
+    """A warning when the logged SURE losses of the second half of training are negative.
+
+    SURE estimates ``lambda(s) ||D - x0||^2 / N >= 0`` without bias when the noise level is
+    right; its mean can go below 0 only if the data are less noisy than ``sigma_n`` says (then it
+    is ``MSE + (sigma_n^2 - sigma_true^2)(2 div - 1)``). The threshold is 5% of the largest value
+    it can fall to, ``-lambda(sigma_n) sigma_n^2``, so round-off and early training do not trip it."""
+    half = values[len(values) // 2:]
+    if len(half) < 2:
+        return None
+    mean = sum(half) / len(half)
+    floor = float(edm_weight(torch.tensor(sigma_n), sigma_data)) * sigma_n**2
+    if mean >= -0.05 * floor:
+        return None
+    return (f"warning: the SURE term averaged {mean:.3g} over the second half of training (lowest "
+            f"possible {-floor:.3g}); an unbiased error estimate cannot be negative, so the data "
+            f"are less noisy than the noise model says (sigma_n too high, or a stabilised domain "
+            f"that is not unit-variance): the posterior mean will over-smooth")
+
+
 def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
                      cfg: LossConfig, generator=None) -> Term:
     """Consistency term below ``sigma_n`` (martingale property of exact denoisers:

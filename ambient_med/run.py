@@ -30,7 +30,7 @@ from .checkpoint import list_checkpoints
 from .config import Protocol, apply_overrides, load_protocol, load_resolved, save_resolved
 from .errors import AmbientMedError, ConfigError, DataError
 from .io.discover import discover
-from .losses import LossConfig
+from .losses import LossConfig, sure_noise_check
 from .networks import EDMDenoiser, NetworkConfig, count_parameters
 from .prior import AmbientPrior, PriorMetadata
 from .train import TrainResult, train
@@ -284,6 +284,11 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
     res = RunResult(out=out, step=result.step, interrupted=result.interrupted, info=info,
                     parameters=count_parameters(model), history=result.history, model=result.model,
                     dataset=dataset)
+    if rank == 0 and log is not None:
+        sure = [row["sure"] for row in result.history if "sure" in row]
+        warning = sure_noise_check(sure, loss_cfg.sigma_data, float(info.sigma_n_model))
+        if warning:
+            log(warning)
     if rank == 0 and not result.interrupted and result.step >= proto.train.steps:
         res.prior_path = write_prior(result.model, info, proto, result, out / "prior.safetensors")
         n = proto.sampler.previews if previews is None else previews

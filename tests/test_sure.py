@@ -113,3 +113,22 @@ def test_sure_is_refused_for_objectives_without_a_noise_level():
     for objective in ("clean", "naive"):
         with pytest.raises(ValueError, match="sure_fraction"):
             LossConfig(objective=objective, sure_fraction=0.5)
+
+
+def test_a_negative_sure_loss_is_reported_as_a_noise_model_that_overstates_the_noise():
+    """The training run logs this check's line: in the FMD pilot the SURE term settled near
+    -0.4 (the Anscombe domain is not unit-variance at one photon per pixel), with the right
+    noncentral-chi model on test_piesno near +0.13."""
+    from ambient_med.losses import sure_noise_check
+
+    assert sure_noise_check([1.2, 0.1, -0.4, -0.37, -0.43, -0.44], 0.1542, 0.09605) is not None
+    assert "less noisy" in sure_noise_check([-0.4] * 4, 0.1542, 0.09605)
+    assert sure_noise_check([1.2, 0.5, 0.2, 0.13, 0.12, 0.14], 0.1542, 0.09605) is None
+    assert sure_noise_check([], 0.5, 0.1) is None
+    # the exact denoiser of smooth data (x0 ~ N(0, 0.01) per pixel) less noisy than assumed
+    # (true 0.3, assumed 0.5): the loss itself goes negative and the check fires
+    cfg = LossConfig(sigma_data=1.0, sure_fraction=1.0, sure_max_ratio=1.0 + 1e-6)
+    g = torch.Generator().manual_seed(7)
+    y = math.sqrt(0.01 + 0.09) * torch.randn(8000, 1, 4, 4, generator=g, dtype=torch.float64)
+    v = sure_loss(lambda x, s: 0.1 * x, y, torch.full((8000,), 0.5, dtype=y.dtype), cfg, generator=g)
+    assert sure_noise_check([float(v.mean())] * 4, 1.0, 0.5) is not None
