@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 3
+ESTIMATOR_HELP = ("auto | kspace-corners | wavelet-mad | piesno | effective-chi (magnitude: the effective "
+                  "non-integer N and sigma of air that is wider than chi(2 n_coils) noise, e.g. parallel imaging)")
 
 
 def _fail(msg: str) -> None:
@@ -78,6 +80,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     n_coils: Optional[int] = typer.Option(None, "--n-coils", help="Receive coils N of magnitude (sum-of-squares) data; default: the protocol's, else the file's."),
     noise_model: Optional[str] = typer.Option(None, "--noise-model", help="auto | gaussian | rician | noncentral-chi (default: the protocol's)."),
+    noise_estimator: Optional[str] = typer.Option(None, "--noise-estimator", help=ESTIMATOR_HELP + " (default: the protocol's)."),
 ):
     """Learn a clean-image prior from noisy data; writes OUT/prior.safetensors."""
     from .config import parse_sigma_n
@@ -90,7 +93,7 @@ def train(
         try:
             res = run_training(data, out, protocol=protocol, sigma_n=sn, steps=steps,
                                batch_size=batch_size, device=device, resume=resume,
-                               n_coils=n_coils, noise_model=noise_model,
+                               n_coils=n_coils, noise_model=noise_model, noise_estimator=noise_estimator,
                                overwrite=overwrite, previews=previews, on_start=bar.start,
                                callback=bar.update, log=lambda m: typer.echo(m, err=True))
         finally:
@@ -118,6 +121,7 @@ def estimate_noise(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
     n_coils: Optional[int] = typer.Option(None, "--n-coils", help="Receive coils N of magnitude (sum-of-squares) data (default: the file's, else 1: Rician)."),
     noise_model: str = typer.Option("auto", "--noise-model", help="auto | gaussian | rician | noncentral-chi"),
+    noise_estimator: str = typer.Option("auto", "--noise-estimator", help=ESTIMATOR_HELP + "."),
 ):
     """Estimate sigma_n (std per real channel, data units) of each file and say how."""
     from .io.discover import discover
@@ -125,7 +129,7 @@ def estimate_noise(
 
     with user_errors():
         for path in discover(data):
-            est = estimate_noise_file(path, n_coils=n_coils, noise_model=noise_model)
+            est = estimate_noise_file(path, n_coils=n_coils, noise_model=noise_model, estimator=noise_estimator)
             if as_json:
                 typer.echo(json.dumps({"file": str(path), "sigma": est.sigma, "method": est.method,
                                        "uncertainty": est.uncertainty,

@@ -55,7 +55,7 @@ class DataConfig:
     reorient: bool = False            # 3D NIfTI: to the closest canonical (RAS+) voxel order
     sigma_n: Union[str, float] = "auto"
     noise_model: str = "auto"         # auto | gaussian | rician | noncentral-chi | poisson-gaussian
-    noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno
+    noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno | effective-chi
     n_coils: Union[int, None] = None  # N of a magnitude (noncentral chi) model; None: from the file
     cache_dir: Union[str, None] = None
     num_workers: int = 0

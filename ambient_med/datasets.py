@@ -242,7 +242,8 @@ def fit_noise_model(src, path: Path, model_name: str, n_coils: int | None, sigma
         if sigma_n == "auto":
             est = _file_sigma(src, path, model_name, estimator, n_coils)
             sigma, n = est.sigma, est.details.get("n_coils") or 1
-            m = noise.Rician(sigma) if model_name == "rician" else noise.NoncentralChi(sigma, n)
+            m = noise.Rician(sigma) if model_name == "rician" else noise.NoncentralChi(
+                sigma, n, est.details.get("n_coils_nominal"))
             m.details = {"method": est.method, "uncertainty": est.uncertainty}
             return m
         if float(sigma_n) == 0:

@@ -178,14 +178,18 @@ class AmbientPrior:
             arr = x.detach().cpu().numpy()
             if isinstance(rec, PoissonGaussian):
                 return PoissonGaussian.estimate(arr)
-            return type(rec).estimate(arr, **({} if isinstance(rec, Rician) else {"n_coils": rec.n_coils}))
+            if isinstance(rec, Rician):
+                return Rician.estimate(arr)
+            if rec.n_coils_nominal is not None:   # an effective fit: fit it again on this input
+                return NoncentralChi.estimate(arr, n_coils=rec.n_coils_nominal, effective=True)
+            return NoncentralChi.estimate(arr, n_coils=rec.n_coils)
         if isinstance(rec, PoissonGaussian):
             raise ValueError("this prior was trained on Poisson-Gaussian data: its noise is not one "
                              "number; pass sigma='auto' (fit a, b on the input), 'prior' (the training "
                              "data's a, b) or a PoissonGaussian model")
         if isinstance(rec, Rician):
             return Rician(float(sigma))
-        return NoncentralChi(float(sigma), rec.n_coils)
+        return NoncentralChi(float(sigma), rec.n_coils, rec.n_coils_nominal)
 
     def to(self, device) -> "AmbientPrior":
         self.model.to(device)

@@ -213,7 +213,7 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
                  sigma_n: str | float | None = None, steps: int | None = None,
                  batch_size: int | None = None, device: str = "auto", resume: bool = False,
                  n_coils: int | None = None, noise_model: str | None = None,
-                 overwrite: bool = False, previews: int | None = None,
+                 noise_estimator: str | None = None, overwrite: bool = False, previews: int | None = None,
                  on_start: Callable[[Protocol, object, int], None] | None = None,
                  callback: Callable[[int, dict], None] | None = None,
                  handle_signals: bool = True, stop_after: int | None = None,
@@ -247,7 +247,8 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
                                               "num_workers": min(proto.train.num_workers,
                                                                  os.cpu_count() or 1)},
                                     "data": {"sigma_n": sigma_n, "n_coils": n_coils,
-                                             "noise_model": noise_model}})
+                                             "noise_model": noise_model,
+                                             "noise_estimator": noise_estimator}})
     dataset, info = load_data(list(data), proto, proto.data.sigma_n, cache_dir=out / "cache")
     if len(dataset) == 0:
         raise DataError(None, "the dataset is empty")

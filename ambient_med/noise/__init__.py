@@ -2,7 +2,7 @@
 Gaussian noise (DESIGN section 6).
 
 * :mod:`ambient_med.noise.estimate`: the noise-level estimators (noise scan, k-space corners,
-  wavelet MAD, PIESNO) and the choice of model and estimator for a data kind;
+  wavelet MAD, PIESNO, effective chi) and the choice of model and estimator for a data kind;
 * :mod:`ambient_med.noise.models`: the :class:`NoiseModel` contract (estimate, stabilise,
   invert_mean, invert_sample, to_dict/from_dict) and its registry;
 * :mod:`ambient_med.noise.gaussian`, :mod:`ambient_med.noise.poisson_gaussian`,
@@ -11,14 +11,14 @@ Gaussian noise (DESIGN section 6).
 
 from ambient_med.noise.estimate import (
     ESTIMATORS, MAD_REL_SE, MAD_TO_SIGMA, NOISE_MODELS, ROUNDOFF_RATIO, NoiseEstimate,
-    corner_mask, estimate_noise_file, estimate_sigma, estimate_source, from_image_wavelet,
+    corner_mask, effective_chi, estimate_noise_file, estimate_sigma, estimate_source, from_image_wavelet,
     from_kspace, from_magnitude, from_noise_scan, mad_sigma, magnitude_volume_estimate,
     resolve_noise_model, shrink_covariance,
 )
 
 __all__ = [
     "ESTIMATORS", "MAD_REL_SE", "MAD_TO_SIGMA", "NOISE_MODELS", "ROUNDOFF_RATIO", "NoiseEstimate",
-    "corner_mask", "estimate_noise_file", "estimate_sigma", "estimate_source",
+    "corner_mask", "effective_chi", "estimate_noise_file", "estimate_sigma", "estimate_source",
     "from_image_wavelet", "from_kspace", "from_magnitude", "from_noise_scan", "mad_sigma",
     "magnitude_volume_estimate", "resolve_noise_model", "shrink_covariance",
 ]

@@ -203,6 +203,12 @@ def from_image_wavelet(image: np.ndarray, axes: tuple[int, ...] | None = None) -
                          {"n_samples": int(coeffs.size), "axes": list(axes)})
 
 
+def _coils(n_coils) -> int | float:
+    """``n_coils`` as an int when it is one, else a float (an effective, non-integer ``N``)."""
+    n = float(n_coils)
+    return int(n) if n == int(n) else n
+
+
 def _chi2_quantile(n_dof: float, k: int, p: float) -> float:
     """Quantile of ``sum_{j<k} m_j^2 / (2 sigma^2) / k`` with ``m_j`` chi(2N) noise: Gamma(N k)/k."""
     from scipy.special import gammaincinv
@@ -233,7 +239,7 @@ def from_magnitude(image: np.ndarray, n_coils: int = 1, measurements_axis: int |
     x = x.reshape(-1, x.shape[-1])
     if not np.all(np.isfinite(x)):
         raise NoiseEstimateError("magnitude image has NaN or Inf values")
-    N, K = int(n_coils), x.shape[-1]
+    N, K = _coils(n_coils), x.shape[-1]
     q = {1: 0.79681213002002, 2: 0.7306303027491917, 4: 0.6721952960782169,
          8: 0.6254030432343569, 16: 0.5900487123737876, 32: 0.5641772300866416,
          64: 0.5455611840489607, 128: 0.5322811923303339}.get(N, 0.5)
@@ -287,6 +293,71 @@ def from_magnitude(image: np.ndarray, n_coils: int = 1, measurements_axis: int |
                          {"n_coils": N, "n_background_values": n, "measurements": K,
                           "background_fraction": n / x.size, "quantile": q, "alpha": alpha,
                           "noise_correlation_lag1": corr})
+
+
+def effective_chi(image: np.ndarray, n_coils: int, alpha: float = 0.01, window: int = 5,
+                  min_share: float = 0.8, iters: int = 10) -> NoiseEstimate:
+    """Effective noncentral-chi parameters ``(N_eff, sigma_eff)`` of a magnitude image.
+
+    A root sum of squares of ``N`` coils is chi(2N) noise in air only when the coil noise is
+    independent, of equal variance, and not mixed by the reconstruction. Coil noise correlation,
+    parallel-imaging reconstruction (GRAPPA, SENSE) and coil-combination weights leave a background
+    close to a noncentral chi with fewer, non-integer degrees of freedom ``2 N_eff`` and a larger
+    ``sigma_eff`` (Aja-Fernandez, Tristan-Vega & Hoge, "Statistical noise analysis in GRAPPA using a
+    parametrized noncentral chi approximation model", MRM 65:1195, 2011). Fitting ``sigma`` alone
+    with the nominal ``N`` then matches the mean of the air but not its spread, and the
+    variance-stabilised noise is not unit-variance.
+
+    Method: PIESNO with the nominal ``n_coils`` accepts the values that look like noise; the air is
+    where at least ``min_share`` of a ``window x window`` neighbourhood (the first two axes) is
+    accepted, and *every* nonzero value there is kept (a value band would trim the tails of a
+    law wider than the nominal one). For chi(2N) noise ``m^2`` has mean ``2 N sigma^2`` and
+    variance ``4 N sigma^4``, so ``N_eff = E[m^2]^2 / Var[m^2]`` and
+    ``sigma_eff^2 = Var[m^2] / (2 E[m^2])``; the air is then found again with the acceptance band
+    of the fitted law, to a fixed point. ``details`` report both fits and their
+    Kolmogorov-Smirnov distances to the air values."""
+    from scipy import ndimage, stats
+    from scipy.special import gammaincinv
+
+    x = np.abs(np.asarray(image, dtype=np.float64))
+    nominal = from_magnitude(x, n_coils=n_coils, alpha=alpha)
+    n_nom, s_nom = nominal.details["n_coils"], nominal.sigma
+    size = [min(window, d) for d in x.shape[:2]] + [1] * (x.ndim - 2)
+    n, s = float(n_nom), s_nom
+    for _ in range(iters):
+        # which neighbourhoods pass depends on their values, so the air of a band that is too narrow
+        # is biased towards calm patches; refitting with the band of the fitted law removes it
+        g = x**2 / (2 * s**2)
+        accepted = (g >= gammaincinv(n, alpha / 2)) & (g <= gammaincinv(n, 1 - alpha / 2))
+        air = (ndimage.uniform_filter(accepted.astype(np.float64), size=size, mode="nearest") >= min_share) & (x > 0)
+        vals = x[air]
+        if vals.size < 16:
+            raise NoiseEstimateError(f"effective chi fit found only {vals.size} values in air ({window}x{window} "
+                                     f"neighbourhoods with {min_share:.0%} noise-like values)")
+        m2 = vals**2
+        e, v = float(m2.mean()), float(m2.var())
+        n_new, s = e**2 / v, float(np.sqrt(v / (2 * e)))
+        if 0.9 <= n_new < 1:   # Rician within sampling error: N = 1, sigma from the mean of m^2
+            n_new, s = 1.0, float(np.sqrt(e / 2))
+        if n_new < 1:
+            raise NoiseEstimateError(f"effective chi fit gives N_eff = {n_new:.2f} < 1: the air is wider than "
+                                     "Rician noise (not pure noise, or not a magnitude image)")
+        done, n = abs(n_new - n) <= 1e-3 * n, n_new
+        if done:
+            break
+    ks = {"nominal": float(stats.kstest(vals / s_nom, stats.chi(2 * n_nom).cdf).statistic),
+          "effective": float(stats.kstest(vals / s, stats.chi(2 * n).cdf).statistic)}
+    corr = nominal.details.get("noise_correlation_lag1")
+    method = (f"effective noncentral chi (N_eff={n:.2f} for {_coils(n_coils)} coils, moments of the air "
+              f"that PIESNO finds; Aja-Fernandez et al. 2011)")
+    if corr and max(corr) > CORRELATED_NOISE:
+        method += (f"; background noise is correlated between neighbours (lag-1 up to "
+                   f"{max(corr):.2f}): the white-noise model will keep part of it")
+    # relative s.e. of sigma from moments of m^2 (delta method, chi(2N) fourth moments), ~ 1/sqrt(n_vals)
+    return NoiseEstimate(s, method, float(np.sqrt((1 + 1 / n) / vals.size)),
+                         {"n_coils": n, "n_coils_nominal": _coils(n_coils), "sigma_nominal": s_nom,
+                          "n_background_values": int(vals.size), "window": window, "min_share": min_share,
+                          "ks_distance": ks, "noise_correlation_lag1": corr})
 
 
 CORRELATED_NOISE = 0.1   # lag-1 correlation above which white-noise denoising visibly keeps noise
@@ -343,7 +414,7 @@ def _check_chi_spread(values: np.ndarray, n_coils: int, alpha: float) -> None:
 
 
 NOISE_MODELS = ("gaussian", "rician", "noncentral-chi")
-ESTIMATORS = ("kspace-corners", "wavelet-mad", "piesno")
+ESTIMATORS = ("kspace-corners", "wavelet-mad", "piesno", "effective-chi")
 
 
 def resolve_noise_model(data_kind: str, noise_model: str = "auto", estimator: str = "auto",
@@ -355,7 +426,9 @@ def resolve_noise_model(data_kind: str, noise_model: str = "auto", estimator: st
     Complex data (k-space, complex images) and real intensities: Gaussian per real channel,
     estimated from the k-space corners or by wavelet MAD. Magnitude data: Rician (one coil, or a
     complex coil combination) or noncentral chi with ``n_coils`` (root sum of squares), both
-    estimated by PIESNO with ``N = n_coils``. ``n_coils``: the one given (option or protocol)
+    estimated by PIESNO with ``N = n_coils``, or (estimator ``effective-chi``) with the effective,
+    non-integer ``N_eff`` and ``sigma_eff`` that fit the air (:func:`effective_chi`; the nominal
+    ``n_coils`` seeds it). ``n_coils``: the one given (option or protocol)
     wins, then the file's own (``file_n_coils``), then 1 for Rician. ``auto`` picks the model
     and estimator from the data. A model or estimator that does not fit the data is refused
     (``ConfigError``, one line), never silently replaced.
@@ -373,6 +446,14 @@ def resolve_noise_model(data_kind: str, noise_model: str = "auto", estimator: st
         raise ConfigError(f"{pre}n_coils must be a positive integer, got {n_coils}")
     if data_kind == "magnitude":
         n = n_coils or file_n_coils
+        if estimator == "effective-chi" and noise_model != "gaussian":   # gaussian: refused below
+            if noise_model == "rician":
+                raise ConfigError(f"{pre}noise_estimator effective-chi fits the number of coils, but noise_model "
+                                  "rician fixes it at 1; use noise_model noncentral-chi (or auto)")
+            if n is None:
+                raise ConfigError(f"{pre}noise_estimator effective-chi starts from the nominal number of coils: "
+                                  "pass --n-coils or set data.n_coils")
+            return "noncentral-chi", estimator, int(n)
         if noise_model == "auto":
             noise_model = "noncentral-chi" if (n or 1) > 1 else "rician"
         if noise_model == "gaussian":
@@ -431,13 +512,17 @@ def estimate_source(src, noise_model: str = "auto", estimator: str = "auto",
     i = len(src) // 2 if index is None else index
     if est_name == "kspace-corners":
         est = from_kspace(src.read(i), **kwargs)
-    elif est_name == "piesno":
+    elif est_name in ("piesno", "effective-chi"):
         vol = src.read_volume()
         if not np.all(np.isfinite(vol)):
             from ambient_med.errors import DataError
 
             raise DataError(where, "has NaN or Inf values")
-        est = magnitude_volume_estimate(vol, n, **kwargs)
+        if est_name == "piesno":
+            est = magnitude_volume_estimate(vol, n, **kwargs)
+        else:
+            est = effective_chi(vol, n, **kwargs)
+            n = est.details["n_coils"]       # N_eff replaces the nominal N (kept in details)
     else:
         item = src.read(i)
         est = from_image_wavelet(item, axes=tuple(range(1, item.ndim)), **kwargs)

@@ -24,7 +24,10 @@ maps to ``nu = 0``. Beyond the table ``f(m) = m + c`` and ``E[m | nu] = sqrt(nu^
 + O(nu^-3)``, so ``nu = sqrt((z - c')^2 - (2N - 1))`` with ``c'`` matched at the table's end.
 
 **Estimate** ``sigma`` with PIESNO (:func:`ambient_med.noise.estimate.from_magnitude`), which
-needs pure-noise background voxels; ``n_coils`` is given (it is not identifiable from the data).
+needs pure-noise background voxels; ``n_coils`` is given (it is not identifiable from the data
+when the air is chi(2N) noise). Air that is wider than that (correlated coils, parallel imaging)
+is fitted by an effective non-integer ``N_eff`` and ``sigma_eff``
+(:func:`ambient_med.noise.estimate.effective_chi`); the tables take any real ``N >= 1``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import gammaln, ive
 
-from ambient_med.noise.estimate import magnitude_volume_estimate
+from ambient_med.noise.estimate import _coils, effective_chi, magnitude_volume_estimate
 from ambient_med.noise.models import NoiseModel, like, to_numpy
 
 NU_MAX = 40.0
@@ -117,35 +120,49 @@ class _Tables:
 
 
 @lru_cache(maxsize=16)
-def vst_tables(n_coils: int) -> _Tables:
-    """Tables for ``n_coils`` (built once per process, ~1 s on one core)."""
-    return _Tables(int(n_coils))
+def vst_tables(n_coils: float) -> _Tables:
+    """Tables for ``n_coils`` (an integer, or an effective non-integer ``N_eff``; built once per
+    process, ~1 s on one core)."""
+    return _Tables(n_coils)
 
 
 class NoncentralChi(NoiseModel):
-    """Magnitude noise from ``n_coils`` (root sum of squares) with per-channel std ``sigma``."""
+    """Magnitude noise from ``n_coils`` (root sum of squares) with per-channel std ``sigma``.
+
+    ``n_coils`` may be an effective, non-integer ``N_eff`` (:func:`effective_chi`); then
+    ``n_coils_nominal`` records the coil count it was fitted from, and :meth:`estimate` on new
+    data (``denoise --sigma auto``) fits the effective model again rather than PIESNO alone."""
 
     name = "noncentral-chi"
 
-    def __init__(self, sigma: float, n_coils: int = 1):
+    def __init__(self, sigma: float, n_coils: float = 1, n_coils_nominal: int | None = None):
         if not float(sigma) > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
-        if int(n_coils) != n_coils or int(n_coils) < 1:
-            raise ValueError(f"n_coils must be a positive integer, got {n_coils}")
-        self.sigma, self.n_coils = float(sigma), int(n_coils)
+        if not float(n_coils) >= 1:
+            raise ValueError(f"n_coils must be at least 1, got {n_coils}")
+        self.sigma, self.n_coils = float(sigma), _coils(n_coils)
+        self.n_coils_nominal = None if n_coils_nominal is None else int(n_coils_nominal)
         self.details = {}
 
     @classmethod
-    def estimate(cls, data, n_coils: int = 1, **options) -> NoncentralChi:
-        """``sigma`` by PIESNO (:func:`magnitude_volume_estimate`) with ``n_coils``."""
-        est = magnitude_volume_estimate(to_numpy(data), n_coils, **options)
-        m = cls(est.sigma, n_coils)
+    def estimate(cls, data, n_coils: int = 1, effective: bool = False, **options) -> NoncentralChi:
+        """``sigma`` by PIESNO (:func:`magnitude_volume_estimate`) with ``n_coils``; with
+        ``effective``, ``(N_eff, sigma_eff)`` by :func:`effective_chi` from the nominal ``n_coils``."""
+        if effective:
+            est = effective_chi(to_numpy(data), n_coils, **options)
+            m = cls(est.sigma, est.details["n_coils"], n_coils_nominal=n_coils)
+        else:
+            est = magnitude_volume_estimate(to_numpy(data), n_coils, **options)
+            m = cls(est.sigma, n_coils)
         m.details = {"method": est.method, "uncertainty": est.uncertainty, **est.details}
         return m
 
     @property
     def params(self):
-        return {"sigma": self.sigma, "n_coils": self.n_coils}
+        out = {"sigma": self.sigma, "n_coils": self.n_coils}
+        if self.n_coils_nominal is not None:
+            out["n_coils_nominal"] = self.n_coils_nominal
+        return out
 
     @property
     def tables(self) -> _Tables:
