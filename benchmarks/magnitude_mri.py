@@ -42,7 +42,7 @@ import yaml
 from scipy import ndimage
 
 from ambient_med.noise import from_dict
-from ambient_med.noise.estimate import chi_noise_mean
+from ambient_med.noise.estimate import chi_noise_mean, magnitude_volume_estimate
 from overrides import loss_overrides  # benchmarks/overrides.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def data_file() -> Path:
 
 
 def protocol(folder: Path, name: str, noise_model: str, estimator: str, steps: int, batch: int,
-             loss: dict) -> Path:
+             loss: dict, seed: int = 0) -> Path:
     p = {
         "name": name,
         "description": f"magnitude benchmark, {noise_model} noise model",
@@ -68,7 +68,7 @@ def protocol(folder: Path, name: str, noise_model: str, estimator: str, steps: i
         "loss": {"objective": "ambient+consistency", "consistency_start": 0.5, **loss},
         "train": {"steps": steps, "batch_size": batch, "lr": 1e-3, "lr_warmup": 100,
                   "ema_decay": 0.995, "log_every": 50, "checkpoint_every": max(steps, 1),
-                  "keep_checkpoints": 1, "mixed_precision": False},
+                  "keep_checkpoints": 1, "mixed_precision": False, "seed": seed},
         "sampler": {"sampler": "heun", "steps": 40, "mode": "full", "previews": 0},
     }
     path = folder / f"{name}.yaml"
@@ -95,6 +95,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20 steps: checks the path, not the figures")
     ap.add_argument("--reuse", action="store_true", help="reuse the priors already trained in --work")
     ap.add_argument("--name", default="magnitude_mri", help="output file stem in --out")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="training seeds per model (the table gives the mean and each seed's background)")
+    ap.add_argument("--models", nargs="+", default=["noncentral-chi", "rician", "effective-chi"],
+                    choices=["noncentral-chi", "rician", "effective-chi"])
     ap.add_argument("--loss", nargs="*", default=[], metavar="KEY=VALUE",
                     help="loss settings for both priors (e.g. sure_fraction=0.5)")
     a = ap.parse_args()
@@ -112,38 +116,45 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     vol = np.asarray(nib.load(f).get_fdata(), dtype=np.float64)
     rows, priors, t0 = {}, {}, time.perf_counter()
-    variants = (("noncentral-chi", "noncentral-chi", "piesno", N_COILS),
-                ("rician", "rician", "piesno", None),
-                ("effective-chi", "noncentral-chi", "effective-chi", N_COILS))
-    for model, noise_model, estimator, n_coils in variants:
-        t = time.perf_counter()
-        prior_path = a.work / f"run-{model}" / "prior.safetensors"
-        reused = a.reuse and prior_path.is_file()
-        if not reused:
-            prior_path = run_training(
-                [str(f)], a.work / f"run-{model}",
-                protocol=protocol(a.work, f"mag-{model}", noise_model, estimator, steps, a.batch_size,
-                                  loss_overrides(a.loss)), sigma_n="auto",
-                n_coils=n_coils, previews=0, overwrite=True, handle_signals=False).prior_path
-        train_s = None if reused else time.perf_counter() - t   # None: trained by an earlier run
-        out = a.work / f"denoised-{model}.nii.gz"
-        t = time.perf_counter()
-        denoise_file(prior_path, f, out, overwrite=True, device="cpu")
-        den = np.asarray(nib.load(out).get_fdata(), dtype=np.float64)
-        priors[model] = AmbientPrior.load(prior_path)
-        rows[model] = {"denoised": den, "train_seconds": train_s,
-                       "denoise_seconds": time.perf_counter() - t,
-                       "noise": priors[model].metadata.noise,
-                       "sigma_n_data": priors[model].metadata.sigma_n_data}
-    sigma = float(priors["noncentral-chi"].metadata.noise["sigma"])
+    variants = {"noncentral-chi": ("noncentral-chi", "piesno", N_COILS),
+                "rician": ("rician", "piesno", None),
+                "effective-chi": ("noncentral-chi", "effective-chi", N_COILS)}
+    for model in a.models:
+        noise_model, estimator, n_coils = variants[model]
+        for seed in a.seeds:
+            t = time.perf_counter()
+            tag = model if seed == 0 else f"{model}-s{seed}"
+            prior_path = a.work / f"run-{tag}" / "prior.safetensors"
+            reused = a.reuse and prior_path.is_file()
+            if not reused:
+                prior_path = run_training(
+                    [str(f)], a.work / f"run-{tag}",
+                    protocol=protocol(a.work, f"mag-{tag}", noise_model, estimator, steps, a.batch_size,
+                                      loss_overrides(a.loss), seed), sigma_n="auto",
+                    n_coils=n_coils, previews=0, overwrite=True, handle_signals=False).prior_path
+            train_s = None if reused else time.perf_counter() - t   # None: trained by an earlier run
+            out = a.work / f"denoised-{tag}.nii.gz"
+            t = time.perf_counter()
+            denoise_file(prior_path, f, out, overwrite=True, device="cpu")
+            den = np.asarray(nib.load(out).get_fdata(), dtype=np.float64)
+            priors[model] = AmbientPrior.load(prior_path)
+            row = rows.setdefault(model, {"denoised": den, "per_seed": [], "train_seconds": [],
+                                          "noise": priors[model].metadata.noise,
+                                          "sigma_n_data": priors[model].metadata.sigma_n_data})
+            row["per_seed"].append(den)
+            row["train_seconds"].append(train_s)
+            row["denoise_seconds"] = time.perf_counter() - t
+    sigma = magnitude_volume_estimate(vol, N_COILS).sigma   # PIESNO, N = 8 (what the regions use)
     bg, fg = regions(vol, sigma)
     floor = chi_noise_mean(sigma, N_COILS)
     table = {"input": {"background_mean": float(vol[bg].mean()), "background_std": float(vol[bg].std()),
                        "foreground_mean": float(vol[fg].mean())}}
     for model, r in rows.items():
-        d = r["denoised"]
-        table[model] = {"background_mean": float(d[bg].mean()), "background_std": float(d[bg].std()),
-                        "foreground_mean": float(d[fg].mean()),
+        per = [float(d[bg].mean()) for d in r["per_seed"]]
+        table[model] = {"background_mean": float(np.mean(per)),
+                        "background_std": float(np.mean([d[bg].std() for d in r["per_seed"]])),
+                        "foreground_mean": float(np.mean([d[fg].mean() for d in r["per_seed"]])),
+                        "background_mean_per_seed": per, "seeds": a.seeds,
                         "train_seconds": r["train_seconds"], "denoise_seconds": r["denoise_seconds"]}
     result = {
         "file": f.name, "shape": list(vol.shape), "steps": steps, "batch_size": a.batch_size,
@@ -154,10 +165,11 @@ def main() -> None:
         "sigma_n_data": {m: r["sigma_n_data"] for m, r in rows.items()},
         "table": table, "wall_seconds": time.perf_counter() - t0,
     }
-    lines = ["| image | background mean / chi floor | background std / sigma | foreground mean / input |",
-             "|---|---|---|---|"]
+    lines = ["| image | background mean / chi floor | per seed | background std / sigma | foreground mean / input |",
+             "|---|---|---|---|---|"]
     for name, v in table.items():
-        lines.append(f"| {name} | {v['background_mean'] / floor:.3f} | {v['background_std'] / sigma:.3f} | "
+        per = ", ".join(f"{b / floor:.3f}" for b in v.get("background_mean_per_seed", []))
+        lines.append(f"| {name} | {v['background_mean'] / floor:.3f} | {per} | {v['background_std'] / sigma:.3f} | "
                      f"{v['foreground_mean'] / table['input']['foreground_mean']:.4f} |")
     lines += ["", "| noise model | its sigma, N | input air in z: std (model: 1) | mean - E[z given 0] (model: 0) |",
               "|---|---|---|---|"]
@@ -179,7 +191,7 @@ def main() -> None:
     _figure(vol, rows, bg, a.out / f"{a.name}.png")
     (a.out / f"{a.name}.md").write_text(
         f"# Magnitude MRI: test_piesno.nii.gz (8-coil sum of squares) through train and denoise\n\n"
-        f"`benchmarks/magnitude_mri.py`, {steps} steps x batch {a.batch_size} per prior, 32x32 patches, "
+        f"`benchmarks/magnitude_mri.py`, {steps} steps x batch {a.batch_size} per prior, seeds {a.seeds}, 32x32 patches, "
         f"CPU, {result['wall_seconds']:.0f} s{' (priors reused from an earlier run)' if a.reuse else ''}"
         f"{'; loss ' + ', '.join(a.loss) if a.loss else ''}. PIESNO sigma (N = 8) = {sigma:.6f} (dipy: {DIPY_PIESNO}); "
         f"the chi(16) noise floor in air is {floor:.5f}; noise-free air is 0. "

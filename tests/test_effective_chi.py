@@ -162,3 +162,16 @@ def test_denoise_auto_fits_the_effective_model_again():
     fitted = prior.input_noise(torch.from_numpy(m), "auto")
     assert fitted == NoncentralChi.estimate(m, n_coils=8, effective=True)
     assert fitted.sigma == pytest.approx(rec.sigma) and fitted.n_coils_nominal == 8
+
+
+def test_piesno_says_when_the_air_is_wider_than_chi(tmp_path):
+    rng = np.random.default_rng(5)
+    wide = _write_nifti(tmp_path / "wide.nii.gz", np.stack([sum_of_squares(rng, 3, 2.0, disc(64))
+                                                            for _ in range(4)], axis=-1))
+    true = _write_nifti(tmp_path / "true.nii.gz", np.stack([sum_of_squares(rng, 8, 2.0, disc(64))
+                                                            for _ in range(4)], axis=-1))
+    hint = "--noise-estimator effective-chi fits it"
+    r = cli("estimate-noise", wide, "--n-coils", "8")
+    assert r.exit_code == 0 and hint in r.stdout and "the air is wider than chi(16)" in r.stdout, r.output
+    r = cli("estimate-noise", true, "--n-coils", "8")
+    assert r.exit_code == 0 and hint not in r.stdout, r.output

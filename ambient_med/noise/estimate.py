@@ -500,6 +500,24 @@ def magnitude_volume_estimate(volume: np.ndarray, n_coils: int, **kwargs) -> Noi
     return from_magnitude(v, n_coils=n_coils, **kwargs)
 
 
+WIDER_AIR = 0.85   # N_eff / N below which PIESNO's chi(2N) visibly misfits the air's spread
+
+
+def _wider_than_chi(volume: np.ndarray, n_coils: int) -> str:
+    """A hint for the PIESNO method string when the air is wider than chi(2 n_coils) noise
+    (:func:`effective_chi` finds ``N_eff < WIDER_AIR * n_coils``); empty otherwise."""
+    if n_coils <= 1:
+        return ""
+    try:
+        n_eff = effective_chi(volume, n_coils).details["n_coils"]
+    except NoiseEstimateError:
+        return ""
+    if n_eff >= WIDER_AIR * n_coils:
+        return ""
+    return (f"; the air is wider than chi({2 * n_coils}) noise (effective N {n_eff:.2f}): "
+            "--noise-estimator effective-chi fits it")
+
+
 def estimate_source(src, noise_model: str = "auto", estimator: str = "auto",
                     n_coils: int | None = None, index: int | None = None, **kwargs) -> NoiseEstimate:
     """Estimate sigma of an opened source (:func:`ambient_med.io.open_source`) with the noise
@@ -520,6 +538,7 @@ def estimate_source(src, noise_model: str = "auto", estimator: str = "auto",
             raise DataError(where, "has NaN or Inf values")
         if est_name == "piesno":
             est = magnitude_volume_estimate(vol, n, **kwargs)
+            est.method += _wider_than_chi(vol, n)
         else:
             est = effective_chi(vol, n, **kwargs)
             n = est.details["n_coils"]       # N_eff replaces the nominal N (kept in details)
