@@ -32,7 +32,8 @@
 # and `AMBIENT_MED_TINY=1` (tiny images and network: a smoke test, not a useful prior).
 #
 # On a GPU the notebook trains the packaged `microscopy-2d` network (2000 steps: minutes); on a
-# CPU a lighter network (see step 2), which still takes a while: `AMBIENT_MED_STEPS=300` is a
+# CPU a lighter network (see step 2), which still takes a while (2000 steps: 6 min on a 2-core
+# CPU, posterior mean 40.4 dB from 27.0 dB; measured 2026-12-05): `AMBIENT_MED_STEPS=300` is a
 # quick first look.
 
 # %%
