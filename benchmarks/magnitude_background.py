@@ -12,12 +12,12 @@ of ``magnitude_mri.regions``:
    of std ``s``: near ``nu = 0``, ``E(nu) - E(0)`` grows like ``nu^2``, so the inverse is a square
    root that rectifies the residual into a positive mean.
 
-Run:  PYTHONPATH=. python benchmarks/magnitude_background.py NAME=denoised.nii.gz [...]
+Run:  PYTHONPATH=. python benchmarks/magnitude_background.py [--effective] NAME=denoised.nii.gz [...]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import nibabel as nib
 import numpy as np
@@ -28,13 +28,23 @@ from magnitude_mri import N_COILS, data_file, regions
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("volumes", nargs="*", metavar="NAME=PATH", help="denoised volumes to analyse")
+    ap.add_argument("--effective", action="store_true",
+                    help="analyse in the stabilised domain of the effective chi model (effective_chi)")
+    a = ap.parse_args()
     vol = np.asarray(nib.load(data_file()).get_fdata(), dtype=np.float64)
-    from ambient_med.noise.estimate import magnitude_volume_estimate
+    from ambient_med.noise.estimate import effective_chi, magnitude_volume_estimate
 
     sigma = magnitude_volume_estimate(vol, N_COILS).sigma
     floor = chi_noise_mean(sigma, N_COILS)
-    bg, _ = regions(vol, sigma)
-    t = vst_tables(N_COILS)
+    bg, _ = regions(vol, sigma)          # regions and floor: the nominal PIESNO fit, as magnitude_mri.py
+    n_model = N_COILS
+    if a.effective:
+        eff = effective_chi(vol, N_COILS)
+        sigma, n_model = eff.sigma, eff.details["n_coils"]
+        print(f"effective chi: N_eff {n_model:.3f}, sigma {sigma:.6f}")
+    t = vst_tables(n_model)
     e0 = float(np.interp(0.0, t.nu, t.ef))
     z = t.forward(vol / sigma)
     print(f"sigma {sigma:.6f}; {int(bg.sum())} background voxels")
@@ -42,7 +52,7 @@ def main() -> None:
           + ", ".join(f"{_lag1(z, bg, ax):.3f}" for ax in range(3)) + " |")
     print("\n| denoised | mean / chi floor | share at 0 | mean z_hat - E(0) of the rest | median |")
     print("|---|---|---|---|---|")
-    for arg in sys.argv[1:]:
+    for arg in a.volumes:
         name, _, path = arg.rpartition("=")
         d = np.asarray(nib.load(path).get_fdata(), dtype=np.float64)[bg] / sigma
         zero = d <= 1e-9
