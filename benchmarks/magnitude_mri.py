@@ -42,7 +42,7 @@ import yaml
 from scipy import ndimage
 
 from ambient_med.noise import from_dict
-from ambient_med.noise.estimate import chi_noise_mean, magnitude_volume_estimate
+from ambient_med.noise.piesno import chi_noise_mean, magnitude_volume_estimate
 from overrides import loss_overrides  # benchmarks/overrides.py
 
 ROOT = Path(__file__).resolve().parents[1]

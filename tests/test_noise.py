@@ -111,7 +111,7 @@ def test_piesno_reports_spatially_correlated_background_noise():
     the correlation is measured and the user is told the white-noise model will keep part of it."""
     from scipy import ndimage
 
-    from ambient_med.noise.estimate import from_magnitude
+    from ambient_med.noise.piesno import from_magnitude
 
     rng = np.random.default_rng(0)
     obj = np.zeros((96, 96))

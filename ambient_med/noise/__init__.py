@@ -1,8 +1,11 @@
 """Noise: estimators of ``sigma`` and noise models that stabilise data to unit-variance
 Gaussian noise (DESIGN section 6).
 
-* :mod:`ambient_med.noise.estimate`: the noise-level estimators (noise scan, k-space corners,
-  wavelet MAD, PIESNO, effective chi) and the choice of model and estimator for a data kind;
+* :mod:`ambient_med.noise.estimate`: the Gaussian noise-level estimators (noise scan, k-space
+  corners, wavelet MAD) and :class:`NoiseEstimate`;
+* :mod:`ambient_med.noise.piesno`: magnitude noise from the air (PIESNO, effective chi);
+* :mod:`ambient_med.noise.resolve`: the choice of model and estimator for a data kind, and the
+  source- and file-level entry points;
 * :mod:`ambient_med.noise.models`: the :class:`NoiseModel` contract (estimate, stabilise,
   invert_mean, invert_sample, to_dict/from_dict) and its registry;
 * :mod:`ambient_med.noise.gaussian`, :mod:`ambient_med.noise.poisson_gaussian`,
@@ -10,10 +13,13 @@ Gaussian noise (DESIGN section 6).
 """
 
 from ambient_med.noise.estimate import (
-    ESTIMATORS, MAD_REL_SE, MAD_TO_SIGMA, NOISE_MODELS, ROUNDOFF_RATIO, NoiseEstimate,
-    corner_mask, effective_chi, estimate_noise_file, estimate_sigma, estimate_source, from_image_wavelet,
-    from_kspace, from_magnitude, from_noise_scan, mad_sigma, magnitude_volume_estimate,
-    resolve_noise_model, shrink_covariance,
+    MAD_REL_SE, MAD_TO_SIGMA, ROUNDOFF_RATIO, NoiseEstimate, corner_mask, from_image_wavelet,
+    from_kspace, from_noise_scan, mad_sigma, shrink_covariance,
+)
+from ambient_med.noise.piesno import effective_chi, from_magnitude, magnitude_volume_estimate
+from ambient_med.noise.resolve import (
+    ESTIMATORS, NOISE_MODELS, estimate_noise_file, estimate_sigma, estimate_source,
+    resolve_noise_model,
 )
 
 __all__ = [

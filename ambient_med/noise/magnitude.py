@@ -23,11 +23,11 @@ for every ``nu``. Computed numerically, in units of ``sigma``:
 maps to ``nu = 0``. Beyond the table ``f(m) = m + c`` and ``E[m | nu] = sqrt(nu^2 + 2N - 1)
 + O(nu^-3)``, so ``nu = sqrt((z - c')^2 - (2N - 1))`` with ``c'`` matched at the table's end.
 
-**Estimate** ``sigma`` with PIESNO (:func:`ambient_med.noise.estimate.from_magnitude`), which
+**Estimate** ``sigma`` with PIESNO (:func:`ambient_med.noise.piesno.from_magnitude`), which
 needs pure-noise background voxels; ``n_coils`` is given (it is not identifiable from the data
 when the air is chi(2N) noise). Air that is wider than that (correlated coils, parallel imaging)
 is fitted by an effective non-integer ``N_eff`` and ``sigma_eff``
-(:func:`ambient_med.noise.estimate.effective_chi`); the tables take any real ``N >= 1``.
+(:func:`ambient_med.noise.piesno.effective_chi`); the tables take any real ``N >= 1``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import gammaln, ive
 
-from ambient_med.noise.estimate import _coils, effective_chi, magnitude_volume_estimate
+from ambient_med.noise.piesno import _coils, effective_chi, magnitude_volume_estimate
 from ambient_med.noise.models import NoiseModel, like, to_numpy
 
 NU_MAX = 40.0
