@@ -246,6 +246,9 @@ def fit_noise_model(src, path: Path, model_name: str, n_coils: int | None, sigma
                 sigma, n, est.details.get("n_coils_nominal"))
             m.details = {"method": est.method, "uncertainty": est.uncertainty}
             return m
+        if estimator == "effective-chi":
+            raise ConfigError(f"{path}: noise_estimator effective-chi fits N_eff and sigma from the data: pass "
+                              "--sigma-n auto (a number sets sigma of the nominal n_coils model; use estimator piesno)")
         if float(sigma_n) == 0:
             return None
         n = n_coils or getattr(src, "n_coils", None) or 1

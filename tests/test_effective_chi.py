@@ -115,6 +115,8 @@ def test_cli_estimate_noise_and_train_record_the_effective_model(tmp_path):
     assert d["n_coils"] == pytest.approx(3, rel=0.06) and d["sigma"] == pytest.approx(2.0, rel=0.05)
     assert "effective noncentral chi" in d["method"]
     assert_user_error(cli("estimate-noise", f, "--noise-estimator", "effective-chi"), "nominal number of coils")
+    assert_user_error(cli("train", "--data", f, "--out", tmp_path / "fixed", "--sigma-n", "0.01", "--n-coils", "8",
+                          "--noise-estimator", "effective-chi", "--no-progress"), "pass --sigma-n auto")
 
     proto = tiny_protocol(tmp_path, "tiny-eff", data={"reader": "nifti", "kind": "magnitude", "coil_maps": False,
                                                       "patch_size": [32, 32]},
