@@ -88,3 +88,40 @@ def reverse_chain(denoiser, x: torch.Tensor, sigma_from: torch.Tensor, sigma_to:
         memory = ReverseMemory(d, a)
         a = b
     return x, memory
+
+
+def karras_ratios(steps: int, min_ratio: float, rho: float = 7.0, device=None) -> torch.Tensor:
+    """EDM's schedule (Karras et al. 2022, eq. 5) on ``[min_ratio, 1]`` followed by 0:
+    ``steps + 1`` levels relative to the starting level, float64."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64, device=device)
+    lo, hi = min_ratio ** (1 / rho), 1.0
+    r = (hi + ramp * (lo - hi)) ** rho if steps > 1 else torch.ones(1, dtype=torch.float64, device=device)
+    return torch.cat([r, r.new_zeros(1)])
+
+
+@torch.no_grad()
+def probability_flow(denoiser, x: torch.Tensor, sigma_from: torch.Tensor, steps: int, *,
+                     min_ratio: float = 0.02, rho: float = 7.0, to_zero: bool = True) -> torch.Tensor:
+    """Integrate the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` from the per-sample
+    level ``sigma_from`` down with Heun's method (Karras et al. 2022, Alg. 1) on the levels
+    ``sigma_from * karras_ratios(steps, min_ratio)``: to 0 (``to_zero``; the last step, into 0, is
+    Euler: it returns ``D`` at the lowest level) or to ``min_ratio * sigma_from``. The ODE carries
+    the marginal at ``sigma_from`` to the marginal at the end level: with the exact denoisers,
+    images of ``x ~ p_sigma`` are distributed as ``x0 + min_ratio sigma z`` (or ``x0``)."""
+    ratios = karras_ratios(steps, min_ratio, rho).tolist()
+    if not to_zero:
+        ratios = ratios[:-1]
+    sigma_from = sigma_from.to(x.dtype)
+    for r, r_next in zip(ratios[:-1], ratios[1:]):
+        s, s_next = sigma_from * r, sigma_from * r_next
+        d = (x - denoiser(x, s)) / _bc(s, x)
+        x_next = x + _bc(s_next - s, x) * d
+        if r_next > 0:
+            d_next = (x_next - denoiser(x_next, s_next)) / _bc(s_next, x)
+            x_next = x + _bc(s_next - s, x) * 0.5 * (d + d_next)
+        x = x_next
+    return x
+
+
+def _bc(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return append_dims(v, x.ndim)

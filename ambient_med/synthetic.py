@@ -273,3 +273,164 @@ class GaussianMixtureField:
     def classify(self, x: torch.Tensor, sigma: float = 1e-3) -> torch.Tensor:
         """Each sample's most likely component (at a tiny ``sigma``)."""
         return (self.w.log().to(x.device) + self.log_likelihoods(x, sigma)).argmax(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Small images with exact zeros ("air"): a dense Gaussian mixture with singular covariances
+# --------------------------------------------------------------------------------------------
+
+class DenseGaussianMixture:
+    """``x0 ~ sum_k w_k N(mu_k, C_k)`` on flattened images of ``dim = prod(shape)`` pixels, with
+    dense (possibly singular) covariances given by their eigendecompositions ``C_k = V_k diag(l_k) V_k^T``.
+    A component with ``C_k = 0`` is a single image (``mu_k``); pixels where every ``C_k`` and ``mu_k``
+    vanish are exactly 0 in every draw (the "air" of an MRI background or a dark microscopy field).
+
+    Closed forms at level ``sigma`` (``x = x0 + sigma z``), per component ``k``:
+
+        log p_k(x)      = -1/2 sum_i (V_k^T (x - mu_k))_i^2 / (l_ki + sigma^2) - 1/2 sum_i log(l_ki + sigma^2)
+        r_k(x)          = softmax_k(log w_k + log p_k(x))
+        m_k(x)          = mu_k + V_k diag(l_k / (l_k + sigma^2)) V_k^T (x - mu_k)
+        P_k             = V_k diag(l_k sigma^2 / (l_k + sigma^2)) V_k^T
+        E[x0 | x]       = sum_k r_k m_k
+        Cov[x0 | x]     = sum_k r_k (P_k + m_k m_k^T) - E[x0|x] E[x0|x]^T
+
+    and Tweedie's second-order identity ``Cov[x0 | x] = sigma^2 d E[x0|x] / dx`` holds for them
+    (checked in the tests). Images are ``(N, 1, *shape)``; computations run in float64."""
+
+    def __init__(self, shape: tuple[int, ...], weights, means: torch.Tensor,
+                 covariances: torch.Tensor, names: tuple[str, ...] | None = None):
+        self.shape = tuple(shape)
+        d = math.prod(self.shape)
+        self.w = torch.as_tensor(weights, dtype=torch.float64)
+        self.w = self.w / self.w.sum()
+        self.mu = torch.as_tensor(means, dtype=torch.float64).reshape(len(self.w), d)
+        cov = torch.as_tensor(covariances, dtype=torch.float64).reshape(len(self.w), d, d)
+        lam, vec = torch.linalg.eigh((cov + cov.transpose(1, 2)) / 2)
+        self.lam = lam.clamp_min(0)                 # (K, d)
+        self.vec = vec                              # (K, d, d), columns are eigenvectors
+        # pixels a component can be nonzero in: draws are exactly 0 elsewhere (eigh leaves
+        # round-off of 1e-9 there otherwise)
+        self.support = (torch.diagonal(cov, dim1=1, dim2=2) > 0) | (self.mu != 0)
+        self.names = tuple(names) if names is not None else tuple(f"c{k}" for k in range(len(self.w)))
+
+    @property
+    def n_components(self) -> int:
+        return len(self.w)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.dim).double()
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None,
+               return_labels: bool = False):
+        k = torch.multinomial(self.w, n, replacement=True, generator=generator)
+        z = torch.randn((n, self.dim), generator=generator, dtype=torch.float64)
+        x = self.mu[k] + torch.einsum("nij,nj->ni", self.vec[k], self.lam[k].sqrt() * z)
+        x = (x * self.support[k]).reshape(n, 1, *self.shape).float().to(device)
+        return (x, k) if return_labels else x
+
+    def _parts(self, x: torch.Tensor, sigma):
+        """``(r, m, pv)``: responsibilities (N, K), component posterior means (N, K, d) and the
+        components' posterior-variance eigenvalues ``l s^2 / (l + s^2)`` (N, K, d)."""
+        xf = self._flat(x)
+        dev = xf.device
+        s2 = as_sigma(sigma, x).double().to(dev).reshape(-1, 1, 1) ** 2      # (N, 1, 1)
+        lam, vec, mu = self.lam.to(dev), self.vec.to(dev), self.mu.to(dev)
+        proj = torch.einsum("kij,nki->nkj", vec, xf[:, None] - mu[None])      # V^T (x - mu)
+        var = lam[None] + s2                                                  # (N, K, d)
+        loglik = -0.5 * (proj**2 / var + var.log()).sum(-1)
+        r = torch.softmax(self.w.log().to(dev) + loglik, dim=1)
+        m = mu[None] + torch.einsum("kij,nkj->nki", vec, proj * lam[None] / var)
+        return r, m, lam[None] * s2 / var
+
+    def responsibilities(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        return self._parts(x, sigma)[0]
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The exact denoiser ``E[x0 | x_sigma]`` (per-sample ``sigma`` allowed)."""
+        r, m, _ = self._parts(x, sigma)
+        return (r[..., None] * m).sum(1).reshape(x.shape).to(x.dtype)
+
+    def posterior_variance(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Per-pixel ``Var[x0 | x_sigma]`` (the diagonal of ``Cov[x0 | x]``)."""
+        r, m, pv = self._parts(x, sigma)
+        diag_p = torch.einsum("kij,nkj->nki", self.vec.to(m.device) ** 2, pv)   # diag of P_k
+        mean = (r[..., None] * m).sum(1)
+        var = (r[..., None] * (diag_p + m**2)).sum(1) - mean**2
+        return var.clamp_min(0).reshape(x.shape).to(x.dtype)
+
+    def posterior_covariance(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The full ``Cov[x0 | x_sigma]``, shape (N, d, d)."""
+        r, m, pv = self._parts(x, sigma)
+        vec = self.vec.to(m.device)
+        p = torch.einsum("kij,nkj,klj->nkil", vec, pv, vec)
+        mean = (r[..., None] * m).sum(1)
+        second = (r[..., None, None] * (p + m[..., :, None] * m[..., None, :])).sum(1)
+        return second - mean[:, :, None] * mean[:, None, :]
+
+    def mmse(self, sigma: float, n: int = 20000, seed: int = 0) -> float:
+        """Per-pixel MMSE ``E Var[x0 | x_sigma]`` by Monte Carlo."""
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for _ in range(max(n // 2000, 1)):
+            x0 = self.sample(2000, g)
+            xs = x0 + sigma * torch.randn(x0.shape, generator=g)
+            out.append(self.posterior_variance(xs, sigma).double().mean())
+        return float(torch.stack(out).mean())
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mixture's mean (d,) and covariance (d, d)."""
+        cov_k = torch.einsum("kij,kj,klj->kil", self.vec, self.lam, self.vec)
+        mean = (self.w[:, None] * self.mu).sum(0)
+        second = (self.w[:, None, None] * (cov_k + self.mu[:, :, None] * self.mu[:, None, :])).sum(0)
+        return mean.numpy(), (second - mean[:, None] * mean[None, :]).numpy()
+
+    def classify(self, x: torch.Tensor, sigma: float = 1e-3) -> torch.Tensor:
+        """Each image's most likely component when read as a draw at level ``sigma``."""
+        return self.responsibilities(x, sigma).argmax(1)
+
+
+def _grid_covariance(shape: tuple[int, ...], length: float) -> torch.Tensor:
+    """Squared-exponential covariance ``exp(-|i - j|^2 / (2 length^2))`` between grid pixels."""
+    pos = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape],
+                                     indexing="ij"), -1).reshape(-1, len(shape))
+    d2 = ((pos[:, None] - pos[None]) ** 2).sum(-1)
+    return torch.exp(-d2 / (2 * length**2))
+
+
+def air_mixture(shape: tuple[int, int] = (8, 8)) -> DenseGaussianMixture:
+    """A closed-form law of small images with exact zeros, for judging what a prior learns below
+    the data noise (``benchmarks/below_noise.py``). Every image is 0 outside a centred disc (the
+    background); weights and components:
+
+    - ``air`` (0.30): the whole image is 0, like an empty slice or a dark field;
+    - ``smooth`` (0.30): mean 1.0 on the disc, smooth texture (std 0.30, correlation 2 px);
+    - ``grainy`` (0.25): mean 0.5 on the disc, fine texture (std 0.25, correlation 0.7 px);
+    - ``ring`` (0.15): a bright rim (1.2) around a dim centre (0.3), faint texture (std 0.10).
+
+    The disc covers about half the pixels, so every non-air image also has exact zeros."""
+    h, w = shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    rad = torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2)
+    disc = (rad <= 0.4 * min(h, w)).flatten().double()
+    rim = ((rad > 0.22 * min(h, w)) & (rad <= 0.4 * min(h, w))).flatten().double()
+    d = h * w
+    mask = disc[:, None] * disc[None, :]
+
+    def cov(std, length):
+        return std**2 * _grid_covariance(shape, length) * mask
+
+    means = torch.stack([torch.zeros(d), 1.0 * disc, 0.5 * disc, 0.3 * disc + 0.9 * rim])
+    covs = torch.stack([torch.zeros(d, d), cov(0.30, 2.0), cov(0.25, 0.7), cov(0.10, 1.5)])
+    return DenseGaussianMixture(shape, (0.30, 0.30, 0.25, 0.15), means, covs,
+                                names=("air", "smooth", "grainy", "ring"))
+
+
+def air_mask(dist: DenseGaussianMixture) -> torch.Tensor:
+    """Pixels that are exactly 0 in every image of ``dist`` (boolean, ``shape``)."""
+    var = torch.einsum("kij,kj->ki", dist.vec**2, dist.lam)
+    return ((var.abs().max(0).values < 1e-12) & (dist.mu.abs().max(0).values < 1e-12)).reshape(dist.shape)
