@@ -118,10 +118,15 @@ class Protocol:
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "description": self.description}
+        from .losses import inactive_keys
+
         for sec in SECTIONS:
             d = _plain(asdict(getattr(self, sec)))
             for k in DERIVED.get(sec, ()):
                 d.pop(k, None)
+            if sec == "loss":  # only the keys that act (a resolved config is a valid protocol)
+                for k in inactive_keys(self.loss):
+                    d.pop(k, None)
             out[sec] = d
         return out
 
@@ -222,8 +227,23 @@ def protocol_from_dict(raw: Any, source: str = "<dict>") -> Protocol:
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{source}: key '{key}' expects str, got {type(raw[key]).__name__}")
     kw = {sec: _build(sec, cls, raw.get(sec), source) for sec, cls in SECTIONS.items()}
+    _refuse_inactive_loss_keys(raw.get("loss"), kw["loss"], source)
     return Protocol(name=raw.get("name", Path(source).stem), description=raw.get("description", ""),
                     source=source, **kw)
+
+
+def _refuse_inactive_loss_keys(raw_loss: Any, loss: LossConfig, source: str) -> None:
+    from .losses import inactive_keys
+
+    if not isinstance(raw_loss, dict):
+        return
+    idle = sorted(set(raw_loss) & inactive_keys(loss))
+    if idle:
+        raise ConfigError(
+            f"{source}: loss key(s) {', '.join(idle)} do nothing with objective "
+            f"{loss.objective!r}" + (f", consistency_variant {loss.consistency_variant!r}"
+                                     if loss.objective == "ambient+consistency" else "")
+            + (", sure_fraction 0" if loss.sure_fraction == 0 else "") + "; remove them")
 
 
 def available_protocols() -> list[str]:

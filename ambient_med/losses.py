@@ -43,12 +43,13 @@ from typing import Callable
 
 import torch
 
-from .reverse import ancestral_step, reverse_chain  # noqa: F401 (re-exported)
+from .reverse import ancestral_step, probability_flow, reverse_chain  # noqa: F401 (re-exported)
 from .utils import append_dims
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 OBJECTIVES = ("clean", "naive", "ambient", "ambient+consistency")
+VARIANTS = ("pair", "distill", "anchored", "distill+pair")
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,28 +141,40 @@ class LossConfig:
     # effective x0-space weight is exactly EDM's lambda where r <= 1 - sqrt(floor) and goes to
     # zero (instead of infinity, with the target variance) as sigma -> sigma_n.
     ambient_weight_floor: float = 0.25
-    # consistency term
+    # ---- the term below sigma_n (objective "ambient+consistency"), docs/design.md section 4.
+    # "distill" (default): self-distillation on a cache of the model's probability-flow ODE images
+    # of the observations; the exact denoisers are stationary on every law tested and the identity
+    # is not (tests/test_below_noise_fixed_points.py). "pair": nearby-levels consistency pairs
+    # (the identity is a fixed point below sigma_n: it learns only from the pairs that touch
+    # sigma_n). "anchored": the target D(y, sigma_n) on K reverse chains from y (fast, but its
+    # chains' kernel error biases it on non-Gaussian data). Chosen on benchmarks/below_noise.py.
+    consistency_variant: str = "distill"
     consistency_weight: float = 1.0
-    consistency_fraction: float = 0.25   # share of each batch that gets the consistency term
-    # "pair" (nearby levels). The "anchored" form of 0.1.0 (target D(y, sigma_n), predictions at
-    # sigma on two chains from y) is refused: it needs the whole chain from y to be exact and was
-    # 13-67 standard errors off at the exact denoisers of mixture data even with 4-step chains
-    # (benchmarks/results/consistency_kernels.md).
-    consistency_variant: str = "pair"
-    consistency_chain_steps: int = 1     # no-grad reverse steps from sigma_n down to sigma
-    consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n for the consistency levels
-    # highest sigma / sigma_n of the upper (target) level s. Above 1, s > sigma_n draws x_s
-    # exactly by re-noising y, and the pairs also tie the band just around sigma_n (where the
-    # ambient weight vanishes) to the well-trained levels above it
+    consistency_fraction: float = 0.5    # share of each batch that gets the term
+    consistency_start: float = 0.25      # fraction of training done on the ambient term alone
+    consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n the term trains
+    teacher: str = "model"               # whose chains and caches: "model" (no lag) or "ema"
+    # "distill": the ODE runs from y at sigma_n down to distill_level * sigma_n (Heun, distill_steps
+    # steps, 2 distill_steps - 2 calls without gradient; 32 keeps the exact denoisers stationary,
+    # 16 does not on mixtures of fields); a cache of distill_cache batches is refreshed with
+    # distill_refresh of each batch per step, and trains the levels up to distill_max_ratio sigma_n
+    distill_steps: int = 32
+    distill_level: float = 0.02
+    distill_max_ratio: float = 1.0
+    distill_refresh: float = 0.0625
+    distill_cache: int = 2
+    # "pair": the chain to the upper level s (consistency_chain_steps no-grad steps from y, or y
+    # re-noised where s > sigma_n, up to consistency_max_ratio sigma_n); the lower level u/s drawn
+    # in consistency_step_ratio; two independent chains of consistency_substeps steps from x_s to u.
+    # Nearby levels and two sub-steps keep the pair centred on non-Gaussian data
+    # (benchmarks/results/consistency_kernels.md)
+    consistency_chain_steps: int = 1
     consistency_max_ratio: float = 1.0
-    # u/sigma range for the pair and reverse steps from sigma to u in each pair chain: nearby
-    # levels and two sub-steps keep the pair centred on non-Gaussian data (the 0.1.0 setting,
-    # (0.5, 0.9) with one first-order step, was 3.4 standard errors off on the Gaussian-mixture
-    # fields at 20,000 draws; benchmarks/results/consistency_kernels.md)
     consistency_step_ratio: tuple[float, float] = (0.8, 0.95)
     consistency_substeps: int = 2
     consistency_order: int = 2           # 1: DDPM ancestral kernel; 2: DPM-Solver++(2M) SDE
-    consistency_start: float = 0.5       # fraction of training done on the ambient term alone
+    # "anchored": anchored_chains reverse chains from y to s, consistency_chain_steps steps each
+    anchored_chains: int = 2
     # SURE term on [sigma_n, sure_max_ratio sigma_n] (0: off). Each of its samples costs two
     # network calls with gradient, in full precision (a finite difference does not survive bf16)
     sure_fraction: float = 0.0
@@ -171,12 +184,16 @@ class LossConfig:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
-        if self.consistency_variant == "anchored":
-            raise ValueError("consistency_variant 'anchored' is not offered: it is biased at the "
-                             "exact denoisers of non-Gaussian data (benchmarks/results/"
-                             "consistency_kernels.md); use 'pair'")
-        if self.consistency_variant != "pair":
-            raise ValueError("consistency_variant must be 'pair'")
+        if self.consistency_variant not in VARIANTS:
+            raise ValueError(f"consistency_variant must be one of {VARIANTS}")
+        if self.teacher not in ("model", "ema"):
+            raise ValueError(f"teacher must be 'model' or 'ema', got {self.teacher!r}")
+        if not 0 < self.distill_level < 1 or self.distill_max_ratio <= self.distill_level:
+            raise ValueError("need 0 < distill_level < 1 and distill_max_ratio > distill_level")
+        if self.distill_steps < 2 or self.distill_cache < 1 or not 0 < self.distill_refresh <= 1:
+            raise ValueError("need distill_steps >= 2, distill_cache >= 1 and 0 < distill_refresh <= 1")
+        if self.anchored_chains < 2:
+            raise ValueError("anchored_chains must be >= 2 (the statistic pairs independent chains)")
         if self.consistency_order not in (1, 2):
             raise ValueError("consistency_order must be 1 or 2")
         if self.consistency_substeps < 1 or self.consistency_chain_steps < 1:
@@ -190,6 +207,33 @@ class LossConfig:
                              f"{self.objective!r} has no noise level to apply it at (set it to 0)")
         if self.sure_max_ratio < 1 or not 0 < self.sure_epsilon < 0.1:
             raise ValueError("need sure_max_ratio >= 1 and 0 < sure_epsilon < 0.1")
+
+
+_BELOW_NOISE_KEYS = {
+    "pair": {"consistency_chain_steps", "consistency_max_ratio", "consistency_step_ratio",
+             "consistency_substeps", "consistency_order"},
+    "distill": {"teacher", "distill_steps", "distill_level", "distill_max_ratio", "distill_refresh",
+                "distill_cache"},
+    "anchored": {"teacher", "consistency_chain_steps", "consistency_order", "anchored_chains"},
+}
+_BELOW_NOISE_SHARED = {"consistency_variant", "consistency_weight", "consistency_fraction",
+                       "consistency_start", "consistency_min_ratio"}
+
+
+def inactive_keys(cfg: LossConfig) -> set[str]:
+    """The ``LossConfig`` fields that do nothing under ``cfg``'s objective, below-``sigma_n`` variant
+    and SURE setting (a protocol that sets one is refused: every key it names must act)."""
+    every = set().union(*_BELOW_NOISE_KEYS.values()) | _BELOW_NOISE_SHARED
+    if cfg.objective != "ambient+consistency":
+        out = set(every)
+    else:
+        active = set().union(*(_BELOW_NOISE_KEYS[v] for v in cfg.consistency_variant.split("+")))
+        out = every - active - _BELOW_NOISE_SHARED
+    if cfg.objective in ("clean", "naive"):
+        out |= {"ambient_weight_floor", "sure_fraction"}
+    if cfg.sure_fraction == 0:
+        out |= {"sure_max_ratio", "sure_epsilon"}
+    return out
 
 
 @dataclass
@@ -368,6 +412,112 @@ def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
     return Term(x_u, level.repeat(2), finish)
 
 
+class CleanCache:
+    """A ring buffer of the teacher's estimates ``x_c`` of draws at a low level ``c`` (per item),
+    with the data noise level ``sigma_n`` of the observation each came from; filled by
+    :func:`refresh_clean_cache`, read by :func:`distill_term`. Its tensors are the ``cache`` entry
+    of checkpoints (exact resume)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self.x: torch.Tensor | None = None
+        self.level: torch.Tensor | None = None
+        self.sigma_n: torch.Tensor | None = None
+        self.filled = 0
+        self.pos = 0
+
+    def push(self, x: torch.Tensor, level: torch.Tensor, sigma_n: torch.Tensor) -> None:
+        if self.x is None or self.x.shape[1:] != x.shape[1:]:
+            self.x = x.new_zeros((self.capacity, *x.shape[1:]))
+            self.level = level.new_zeros(self.capacity)
+            self.sigma_n = sigma_n.new_zeros(self.capacity)
+            self.filled = self.pos = 0
+        idx = (self.pos + torch.arange(x.shape[0], device=x.device)) % self.capacity
+        self.x[idx], self.level[idx], self.sigma_n[idx] = x.detach(), level.detach(), sigma_n.detach()
+        self.pos = int((self.pos + x.shape[0]) % self.capacity)
+        self.filled = min(self.filled + x.shape[0], self.capacity)
+
+    def draw(self, n: int, generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.randint(self.filled, (n,), generator=generator, device=self.x.device)
+        return self.x[idx], self.level[idx], self.sigma_n[idx]
+
+    def state_dict(self) -> dict:
+        return {"x": self.x, "level": self.level, "sigma_n": self.sigma_n, "filled": self.filled,
+                "pos": self.pos, "capacity": self.capacity}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.capacity, self.filled, self.pos = int(d["capacity"]), int(d["filled"]), int(d["pos"])
+        self.x, self.level, self.sigma_n = d["x"], d["level"], d["sigma_n"]
+
+
+def refresh_clean_cache(cache: CleanCache, teacher: Denoiser, y: torch.Tensor,
+                        sigma_n: torch.Tensor, cfg: LossConfig) -> None:
+    """Push ``x_c = ODE(y: sigma_n -> c)`` of ``teacher`` (no gradient), ``c = distill_level sigma_n``."""
+    x_c = probability_flow(teacher, y, sigma_n, cfg.distill_steps, min_ratio=cfg.distill_level,
+                           to_zero=False)
+    cache.push(x_c, sigma_n * cfg.distill_level, sigma_n)
+
+
+def distill_term(cache: CleanCache, n: int, cfg: LossConfig, generator=None) -> Term:
+    """Self-distillation below ``sigma_n`` (after SFBD: Lu et al., "Stochastic Forward-Backward
+    Deconvolution", ICML 2025): the teacher's probability-flow ODE carries each observation ``y``
+    from ``sigma_n`` down to a low level ``c`` (``x_c``, cached), and the ambient-Tweedie term,
+    with ``x_c`` as the data and ``c`` as its noise level, trains the levels ``s`` log-uniform on
+    ``(c, sigma_n]``:
+
+        w(s) || r x_s + (1 - r) D(x_s, s) - x_c ||^2,   x_s = x_c + sqrt(s^2 - c^2) z,   r = c^2/s^2.
+
+    With the exact denoisers the ODE carries ``p_{sigma_n}`` (the law of ``y``) to ``p_c``, so ``x_c``
+    is an exact draw at level ``c`` and the term's minimiser is the exact denoiser again: exact
+    denoisers are a fixed point (up to the ODE's discretisation). Stopping at ``c > 0`` instead of
+    integrating into 0 avoids the last step's error, which under-disperses the weakest image
+    modes. The identity is not a fixed point: it leaves ``x_c`` noisy, and the term then pulls
+    ``D`` below ``sigma_n`` toward the denoiser of the noisy images."""
+    x_c, c, sigma_n = cache.draw(n, generator)
+    s = sample_sigma_loguniform(n, c * (1 + 1e-4), sigma_n * cfg.distill_max_ratio,
+                                generator=generator, device=x_c.device).to(x_c.dtype)
+    eta = torch.randn(x_c.shape, generator=generator, device=x_c.device, dtype=x_c.dtype)
+    x_s = renoise(x_c, s, c, eta)
+    one_minus_r = 1 - c**2 / s**2
+    w = edm_weight(s, cfg.sigma_data) / one_minus_r.square().clamp_min(cfg.ambient_weight_floor)
+    return Term(x_s, s, lambda d: _per_sample(w, (tweedie_noisy_mean(x_s, d, s, c) - x_c) ** 2))
+
+
+def anchored_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
+                  generator=None, teacher: Denoiser | None = None) -> Term:
+    """Anchored consistency: the exact denoisers satisfy ``E[D(x_s, s) | x_{sigma_n} = y] = D(y, sigma_n)``
+    for every ``s < sigma_n`` when ``x_s`` follows the true reverse kernel from ``y``. With ``K``
+    independent reverse chains from ``y`` to ``s`` (``consistency_chain_steps`` second-order steps,
+    no gradient) and the fixed target ``T = D(y, sigma_n)``, the leave-one-out statistic
+
+        1/(K(K-1)) sum_{i != j} (T - D(x_s^i, s)) . (T - D(x_s^j, s))
+
+    is unbiased for ``||T - E[D(x_s, s) | y]||^2``. Every level is tied to ``sigma_n`` directly, so
+    the identity is not a fixed point; the chains' kernel error biases it on non-Gaussian data
+    (measured in ``benchmarks/consistency_kernels.py``)."""
+    k = cfg.anchored_chains
+    n = y.shape[0]
+    s = sample_sigma_loguniform(n, sigma_n * cfg.consistency_min_ratio, sigma_n,
+                                generator=generator, device=y.device).to(y.dtype)
+    net = teacher if teacher is not None else denoiser
+    with torch.no_grad():
+        target = net(y, sigma_n)
+        rep = lambda t: t.repeat(k, *([1] * (t.ndim - 1)))  # noqa: E731 - K chains, one batch
+        x_s, _ = reverse_chain(net, rep(y), rep(sigma_n), rep(s), cfg.consistency_chain_steps,
+                               generator, order=cfg.consistency_order, first=rep(target))
+    # the residual T - E[D(x_s, s) | y] is on the scale of the posterior std at sigma_n, whatever s:
+    # EDM's weight at s (~1/s^2) would let the lowest levels' noise swamp every other term
+    w = edm_weight(sigma_n, cfg.sigma_data)
+
+    def finish(pred):
+        r = (target[None] - pred.reshape(k, *y.shape)).flatten(2)       # (K, n, d)
+        total = r.sum(0)
+        pair_sum = (total * total).sum(-1) - (r * r).sum((0, 2))      # sum_{i != j} r_i . r_j
+        return w * pair_sum / (k * (k - 1) * r.shape[-1])
+
+    return Term(x_s, rep(s), finish)
+
+
 def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, cfg: LossConfig,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample denoising score matching loss (one network call)."""
@@ -394,11 +544,16 @@ def consistency_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
 
 def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tensor,
                    cfg: LossConfig, *, progress: float = 1.0, clean: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> LossOutput:
+                   generator: torch.Generator | None = None, teacher: Denoiser | None = None,
+                   cache: CleanCache | None = None) -> LossOutput:
     """The loss of ``cfg.objective`` on one batch; ``progress`` in [0, 1] is the training fraction
     done (the consistency term starts at ``cfg.consistency_start``). ``clean`` is only used by the
     ``clean`` oracle (benchmarks); real users never have it. All terms share one network call
-    with gradient; the consistency term adds no-grad calls on a ``consistency_fraction`` share."""
+    with gradient; the below-``sigma_n`` term adds no-grad calls on a ``consistency_fraction`` share
+    (``distill``: the ODE images of a ``distill_refresh`` share go into ``cache``, which the
+    training loop keeps across steps; without one, this batch's own images are distilled).
+    ``teacher`` runs the no-grad chains and ODEs (``LossConfig.teacher == "ema"``); None: the
+    network itself."""
     sigma_n = torch.as_tensor(sigma_n, dtype=batch.dtype, device=batch.device).expand(batch.shape[0])
     if cfg.objective in ("clean", "naive"):
         if cfg.objective == "clean" and clean is None:
@@ -414,12 +569,28 @@ def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tenso
         terms.append(sure_term(batch[idx], sigma_n[idx], cfg, generator))
         names.append("sure")
     if cfg.objective == "ambient+consistency" and progress >= cfg.consistency_start:
-        idx = noisy[:max(int(round(cfg.consistency_fraction * batch.shape[0])), 1)]
-        if idx.numel() > 0:
+        n_term = max(int(round(cfg.consistency_fraction * batch.shape[0])), 1)
+        idx = noisy[:n_term]
+        parts = cfg.consistency_variant.split("+")
+        if idx.numel() > 0 and "pair" in parts:
             terms.append(consistency_term(denoiser, batch[idx], sigma_n[idx], cfg, generator))
             names.append("consistency")
+        if idx.numel() > 0 and "anchored" in parts:
+            terms.append(anchored_term(denoiser, batch[idx], sigma_n[idx], cfg, generator,
+                                       teacher))
+            names.append("anchored")
+        if idx.numel() > 0 and "distill" in parts:
+            fresh = noisy[:max(int(round(cfg.distill_refresh * batch.shape[0])), 1)]
+            if cache is None:  # a one-off call (train() keeps one cache across steps)
+                cache = CleanCache(fresh.numel())
+            with torch.no_grad():
+                refresh_clean_cache(cache, teacher if teacher is not None else denoiser,
+                                    batch[fresh], sigma_n[fresh], cfg)
+            terms.append(distill_term(cache, n_term, cfg, generator))
+            names.append("distill")
     losses = evaluate_terms(denoiser, terms)
-    weights = {"ambient": 1.0, "sure": 1.0, "consistency": cfg.consistency_weight}
+    weights = {"ambient": 1.0, "sure": 1.0, "consistency": cfg.consistency_weight,
+               "anchored": cfg.consistency_weight, "distill": 1.0}
     parts, loss = {}, 0.0
     for name, per_sample in zip(names, losses):
         part = per_sample.mean()

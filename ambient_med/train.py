@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .ema import ema_update
 from .errors import AmbientMedError
-from .losses import LossConfig, objective_loss
+from .losses import CleanCache, LossConfig, objective_loss
 from .networks import EDMDenoiser
 from .speed import GuardedCompile, channels_last, gradient_checkpointing, spatial_dims_of
 
@@ -43,6 +43,10 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-4
     lr_warmup: int = 200
+    # after the warm-up: "constant", or "cosine" down to lr_final * lr at the last step (short
+    # runs end sharper: the last steps average less gradient noise into the weights)
+    lr_schedule: str = "constant"
+    lr_final: float = 0.0
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
@@ -65,6 +69,10 @@ class TrainConfig:
 
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.lr_final <= 1:
+            raise ValueError(f"lr_final is a fraction of lr in [0, 1], got {self.lr_final}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,8 +167,17 @@ def _dist():
     return 0, 1
 
 
+def _to_cpu(d: dict) -> dict:
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+
+
 def _lr(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
+    """Linear warm-up over ``lr_warmup`` steps, then constant or cosine to ``lr_final * lr``."""
+    warm = min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
+    if cfg.lr_schedule == "constant" or step < cfg.lr_warmup:
+        return cfg.lr * warm
+    t = (step - cfg.lr_warmup) / max(cfg.steps - 1 - cfg.lr_warmup, 1)
+    return cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 class _StopFlag:
@@ -213,6 +230,10 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
                             weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
     step = 0
+    cache = (CleanCache(loss_cfg.distill_cache * cfg.batch_size)
+             if loss_cfg.objective == "ambient+consistency" and "distill" in loss_cfg.consistency_variant
+             else None)
+    teacher = ema if loss_cfg.teacher == "ema" else None
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
 
@@ -225,6 +246,10 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
             gens = state["generator"]
             gen.set_state(gens[rank if rank < len(gens) else 0].cpu())
             step = int(state["step"])
+            if cache is not None and "cache" in state:
+                caches = state["cache"]
+                cache.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) else v
+                                       for k, v in caches[rank if rank < len(caches) else 0].items()})
 
     net = model
     if world > 1:
@@ -265,13 +290,19 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
         if ckpt_dir is None:
             return
         gens = [gen.get_state()]
+        caches = [cache.state_dict()] if cache is not None else None
         if world > 1:
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, gen.get_state().cpu())
             gens = gathered
+            if cache is not None:  # every rank's own cache, so that each resumes its own
+                gathered = [None] * world
+                torch.distributed.all_gather_object(gathered, _to_cpu(cache.state_dict()))
+                caches = gathered
         if rank == 0:
+            extra = {"cache": caches} if caches is not None else {}
             save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(),
-                             "optimizer": opt.state_dict(), "generator": gens, "step": step,
+                             "optimizer": opt.state_dict(), "generator": gens, "step": step, **extra,
                              "train_config": json.dumps(cfg.to_dict()),
                              "loss_config": json.dumps(asdict(loss_cfg))},
                             ckpt_dir, step, cfg.keep_checkpoints)
@@ -290,7 +321,8 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
         for progress in phases:
             with autocast:
                 warm = objective_loss(net, y, sigma_n, loss_cfg, progress=progress, clean=clean,
-                                      generator=g)
+                                      generator=g, teacher=teacher,
+                                      cache=CleanCache(cache.capacity) if cache is not None else None)
             warm.loss.backward()
         opt.zero_grad(set_to_none=True)
 
@@ -317,7 +349,7 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
                 g["lr"] = _lr(cfg, step)
             with autocast:
                 out = objective_loss(net, y, sigma_n, loss_cfg, progress=step / cfg.steps,
-                                     clean=clean, generator=gen)
+                                     clean=clean, generator=gen, teacher=teacher, cache=cache)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -1,4 +1,4 @@
-"""The consistency pair at the DEFAULT loss settings is centred at the exact denoisers of
+"""The consistency pair (``consistency_variant="pair"``) at its default settings is centred at the exact denoisers of
 non-Gaussian data (a Gaussian mixture of fields, i.i.d. mixture pixels) and of Gaussian data.
 
 For exact denoisers the pair ``(T - D(x_u1, u)) . (T - D(x_u2, u))`` has conditional mean
@@ -24,7 +24,7 @@ CASES = {"fieldmix": (FIELDMIX, FIELDMIX.denoise), "pixmix": (PIXMIX, PIXMIX.den
 @pytest.mark.parametrize("case,sigma_n", [("fieldmix", 1.0), ("fieldmix", 0.5), ("pixmix", 0.5),
                                           ("gaussian", 1.0)])
 def test_default_consistency_pair_is_centred_at_the_exact_denoiser(case, sigma_n):
-    cfg = LossConfig(sigma_data=1.0)  # the package default: pair, second-order sub-steps
+    cfg = LossConfig(sigma_data=1.0, consistency_variant="pair")  # the pair's own defaults
     _assert_centred(case, sigma_n, cfg, seed=0)
 
 
@@ -48,21 +48,10 @@ def _assert_centred(case, sigma_n, cfg, seed):
 @pytest.mark.parametrize("case,sigma_n", [("fieldmix", 1.0), ("pixmix", 0.5), ("gaussian", 1.0)])
 def test_pairs_reaching_above_sigma_n_stay_centred(case, sigma_n, ratio):
     """``consistency_max_ratio = 2``: upper levels above sigma_n are exact re-noised draws of y;
-    the pair stays centred (the default step ratio and the demo protocol's)."""
-    cfg = LossConfig(sigma_data=1.0, consistency_max_ratio=2.0, consistency_step_ratio=ratio)
+    the pair stays centred (the default step ratio and a wider one)."""
+    cfg = LossConfig(sigma_data=1.0, consistency_variant="pair", consistency_max_ratio=2.0,
+                     consistency_step_ratio=ratio)
     _assert_centred(case, sigma_n, cfg, seed=1)
-
-
-@pytest.mark.parametrize("case,sigma_n", [("fieldmix", 1.0), ("pixmix", 0.5)])
-def test_demo_protocol_pairs_stay_centred(case, sigma_n):
-    """The demo protocol's consistency settings (wide pairs up to 2 sigma_n, one sub-step)."""
-    from ambient_med.config import load_protocol
-
-    d = load_protocol("demo").loss
-    cfg = LossConfig(sigma_data=1.0, **{k: getattr(d, k) for k in (
-        "consistency_step_ratio", "consistency_max_ratio", "consistency_substeps",
-        "consistency_min_ratio", "consistency_order", "consistency_chain_steps")})
-    _assert_centred(case, sigma_n, cfg, seed=2)
 
 
 def test_consistency_ratios_are_validated():

@@ -23,7 +23,7 @@ NET2 = NetworkConfig(sigma_data=1.0, features=(8, 16), attention_levels=(False, 
                      norm_num_groups=4, num_head_channels=8)
 NET3 = NetworkConfig(spatial_dims=3, sigma_data=1.0, features=(8, 16),
                      attention_levels=(False, False), norm_num_groups=4)
-LOSS = LossConfig(sigma_data=1.0, consistency_start=0.0, consistency_chain_steps=2)
+LOSS = LossConfig(sigma_data=1.0, consistency_start=0.0, distill_steps=4)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -158,8 +158,9 @@ def test_compile_falls_back_with_one_logged_line(monkeypatch, caplog, reference)
 
 def test_compile_is_used_for_every_call_and_warmed_on_all_shapes(monkeypatch, reference):
     """A stand-in compiler that records calls: the warm-up before the first step sees every shape
-    and grad mode of the steps (batch 4 ambient + 2x1 pair with gradient; chain and pair calls of
-    1 and 2 without), and every loss call goes through the compiled callable."""
+    and grad mode of the steps (the cache refresh's probability-flow calls on 1 image without
+    gradient; batch 4 ambient + 2 distillation targets with gradient), and every loss call goes
+    through the compiled callable."""
     seen, modes = [], []
 
     def fake(module, mode=None, **kw):
@@ -173,8 +174,8 @@ def test_compile_is_used_for_every_call_and_warmed_on_all_shapes(monkeypatch, re
     monkeypatch.setattr(torch, "compile", fake)
     res = _train(compile="max-autotune")
     assert modes == ["max-autotune"]
-    # chain_steps=2 (2 calls of 1) + target (1) + second pair sub-step (2) + the batched call (4+2)
-    per_step = [(1, False), (1, False), (1, False), (2, False), (6, True)]
+    # distill_steps=4 levels: 3 Heun steps (6 calls of 1) + the batched call (4 ambient + 2 distill)
+    per_step = [(1, False)] * 6 + [(6, True)]
     assert seen == per_step * 5        # warm-up + 4 steps
     assert _max_diff(res.model, reference[2].model) == 0.0
 

@@ -109,7 +109,7 @@ def test_consistency_loss_vanishes_for_exact_denoisers_only():
     sn = 0.5
     x0 = FIELD.sample(40_000, g)
     y = x0 + sn * torch.randn(x0.shape, generator=g)
-    cfg = LossConfig(sigma_data=1.0, consistency_chain_steps=2)
+    cfg = LossConfig(sigma_data=1.0, consistency_variant="pair", consistency_chain_steps=2)
     sn_t = torch.full((y.shape[0],), sn)
 
     def mean_and_se(denoiser):
@@ -123,9 +123,15 @@ def test_consistency_loss_vanishes_for_exact_denoisers_only():
     assert m > 10 * se
 
 
-def test_the_biased_anchored_variant_is_refused():
-    with pytest.raises(ValueError, match="anchored"):
-        LossConfig(consistency_variant="anchored")
+def test_below_noise_settings_are_validated():
+    with pytest.raises(ValueError, match="consistency_variant"):
+        LossConfig(consistency_variant="nearest")
+    with pytest.raises(ValueError, match="anchored_chains"):
+        LossConfig(consistency_variant="anchored", anchored_chains=1)
+    with pytest.raises(ValueError, match="teacher"):
+        LossConfig(teacher="student")
+    with pytest.raises(ValueError, match="distill_level"):
+        LossConfig(distill_level=0.0)
 
 
 def test_truncated_sigma_draws_cover_the_open_interval_without_clamping():
