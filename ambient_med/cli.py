@@ -296,7 +296,8 @@ def denoise(
     input: Path = typer.Option(..., "--input", "-i", help="Image file: .tif/.tiff, .nii/.nii.gz, .npy, .h5/.hdf5."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file, same format; the std map goes to OUT_std.EXT."),
     sigma: str = typer.Option("auto", "--sigma", help="'auto' (fit the prior's noise model on the input), 'prior' (the training data's), or the noise std in data units."),
-    samples: int = typer.Option(0, "--samples", min=0, help="Posterior samples for the std map (>= 2 writes OUT_std)."),
+    samples: int = typer.Option(0, "--samples", min=0, help="Posterior samples (>= 2: their std is the std map unless --uncertainty says otherwise)."),
+    uncertainty: Optional[str] = typer.Option(None, "--uncertainty", help="How OUT_std is made: tweedie (default: from the network at the input's noise level, no sampling) | samples (std of --samples posterior samples) | none."),
     tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Tile size for images larger than it (default: the training patch)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
@@ -322,7 +323,8 @@ def denoise(
                 bar["b"].__enter__()
 
         try:
-            paths = denoise_file(prior, input, out, sigma=sig, samples=samples, tile=tile, device=device,
+            paths = denoise_file(prior, input, out, sigma=sig, samples=samples,
+                                 uncertainty=uncertainty, tile=tile, device=device,
                                  overwrite=overwrite, total=total,
                                  progress=lambda k: bar["b"].update(k) if "b" in bar else None)
         finally:

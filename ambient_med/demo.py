@@ -193,7 +193,7 @@ def background_noise(samples: torch.Tensor, mask: np.ndarray) -> float:
 def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, device: str = "auto",
              overwrite: bool = False, log: Callable[[str], None] = print,
              n_files: int = N_FILES, slices: int = SLICES, previews: int = 8,
-             posterior_samples: int = 8, noise_samples: int = 32) -> dict:
+             noise_samples: int = 32) -> dict:
     from .noise import estimate_noise_file
     from .phantoms import make_phantom_dataset
     from .config import load_protocol
@@ -226,8 +226,7 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
         # fill the shared preprocessing cache once, so that the two runs only read it
         load_data([str(out / "data")], load_protocol(protocols[OBJECTIVES[0]]), "auto")
         return _train_and_report(out, truth, protocols, sigma_files, t0, pool=pool, steps=steps,
-                                 device=device, log=log, n_draw=n_draw, previews=previews,
-                                 posterior_samples=posterior_samples)
+                                 device=device, log=log, n_draw=n_draw, previews=previews)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -235,7 +234,7 @@ def run_demo(out: str | Path = "ambient-med-demo", *, steps: int | None = None, 
 
 def _train_and_report(out: Path, truth: dict, protocols: dict, sigma_files: float, t0: float, *,
                       pool, steps: int | None, device: str, log: Callable[[str], None],
-                      n_draw: int, previews: int, posterior_samples: int) -> dict:
+                      n_draw: int, previews: int) -> dict:
     from .images import save_grid, to_display
     from .prior import AmbientPrior
 
@@ -271,7 +270,12 @@ def _train_and_report(out: Path, truth: dict, protocols: dict, sigma_files: floa
 
     k = min(previews, y.shape[0])
     g = torch.Generator(device=dev).manual_seed(1)
-    post = prior.posterior(y[:k], sn, n_samples=posterior_samples, generator=g, space="model")
+    # the std map from Tweedie's second moment at sigma_n (no samples needed); it is judged by
+    # how well it predicts where the posterior mean is wrong, over every training image
+    post = prior.posterior(y, sn, n_samples=0, generator=g, space="model")
+    std_mag = np.sqrt(np.mean(post["std"].float().cpu().numpy() ** 2, axis=1))    # RMS per channel
+    err_mag = np.abs(den_mag - ref)
+    pearson = float(np.corrcoef(std_mag.ravel(), err_mag.ravel())[0, 1])
     drawn = {name: d for name, (_, d) in both.items()}
     if drawing is not None:
         drawn["ambient+consistency"] = drawing.result()
@@ -285,11 +289,12 @@ def _train_and_report(out: Path, truth: dict, protocols: dict, sigma_files: floa
     residual = {name: background_noise(x, background) / sigma_n_model_true
                 for name, x in samples.items()}
     residual["noisy data"] = background_noise(y, background) / sigma_n_model_true
+    residual["denoised"] = background_noise(den, background) / sigma_n_model_true
     if not background.any():
         raise RuntimeError("the phantoms leave no background pixel to measure residual noise in")
     fig = save_grid([("clean |x|", ref[:k]), ("noisy input", noisy_mag[:k]),
                      ("denoised", den_mag[:k]),
-                     ("posterior std", to_display(post["std"], True)),
+                     ("posterior std", std_mag[:k]),
                      ("naive samples", to_display(samples["naive"][:k], True)),
                      ("ambient+cons.\nsamples", to_display(samples["ambient+consistency"][:k], True))],
                     out / "report.png", vmax=float(ref.max()),
@@ -304,6 +309,7 @@ def _train_and_report(out: Path, truth: dict, protocols: dict, sigma_files: floa
         "noise_method": info.noise_method,
         "noise_uncertainty": float(info.noise_uncertainty),
         "psnr_noisy_db": p_noisy, "psnr_denoised_db": p_den,
+        "posterior_std_error_pearson": pearson,
         "background_noise_over_sigma_n": residual,
         "background_pixels": int(background.sum()),
         "images": int(y.shape[0]), "steps": res.step, "parameters": res.parameters,
@@ -318,6 +324,8 @@ def _train_and_report(out: Path, truth: dict, protocols: dict, sigma_files: floa
         ("background noise / sigma_n: naive samples", f"{residual['naive']:.2f}"),
         ("background noise / sigma_n: ambient+consistency samples",
          f"{residual['ambient+consistency']:.2f}"),
+        ("background noise / sigma_n: denoised (posterior mean)", f"{residual['denoised']:.2f}"),
+        ("Pearson: posterior std vs |error| of the posterior mean", f"{pearson:.2f}"),
         ("PSNR noisy vs clean (magnitude)", f"{p_noisy:.2f} dB"),
         ("PSNR denoised vs clean (magnitude)", f"{p_den:.2f} dB"),
         ("images / steps per prior / parameters", f"{y.shape[0]} / {res.step} / {res.parameters}"),

@@ -10,8 +10,12 @@ Noise (DESIGN section 6). ``sigma``: ``"auto"`` fits the prior's noise model on 
 (Poisson-Gaussian ``a, b``; PIESNO ``sigma`` for magnitudes; wavelet MAD for Gaussian priors);
 a number is the noise std in data units (Gaussian priors; a magnitude model's ``sigma``). The
 input is stabilised ``z = f(y)`` (unit-variance noise), denoised in ``z`` and mapped back: the
-posterior mean by ``invert_mean`` (unbiased), each posterior sample by ``invert_sample``; the
-std map is the per-pixel std of the inverted samples (``samples >= 2``).
+posterior mean by ``invert_mean`` (unbiased), each posterior sample by ``invert_sample``.
+
+The std map (``OUT_std``): by default from Tweedie's second moment at the input's noise level
+(``uncertainty="tweedie"``, :mod:`ambient_med.tweedie`; mapped back through the slope of
+``invert_sample`` for stabilised data); with ``uncertainty="samples"`` the per-pixel std of
+``samples >= 2`` inverted posterior samples; ``"none"`` writes no std map.
 
 Images larger than the training patch are processed in overlapping tiles of ``tile`` pixels
 (default: the training patch) blended by :func:`ambient_med.tiling.tiled_apply` (overlap a
@@ -116,15 +120,17 @@ def to_batch(path: Path, x: np.ndarray, d: int, c: int) -> torch.Tensor:
 
 
 def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "auto", samples: int = 0,
-                 tile: int | None = None, device: str = "auto", overwrite: bool = False,
-                 progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
-                 seed: int = 0) -> list[Path]:
-    """Denoise ``input`` with the prior; write ``out`` (posterior mean) and, with ``samples >= 2``,
-    ``OUT_std`` beside it. ``progress(k)`` is told of each finished pass; ``total(n)`` first."""
-    from .prior import AmbientPrior
+                 uncertainty: str | None = None, tile: int | None = None, device: str = "auto",
+                 overwrite: bool = False, progress: Callable[[int], None] | None = None,
+                 total: Callable[[int], None] | None = None, seed: int = 0) -> list[Path]:
+    """Denoise ``input`` with the prior; write ``out`` (posterior mean) and ``OUT_std`` beside it
+    (module docstring; ``uncertainty`` None: ``"samples"`` when ``samples >= 2`` were asked for,
+    else ``"tweedie"``). ``progress(k)`` is told of each finished pass; ``total(n)`` first."""
+    from .prior import AmbientPrior, inverse_slope
     from .prior_tools import _prior_path
     from .sampling import denoise_posterior
     from .tiling import tiled_apply
+    from .tweedie import posterior_variance
     from .utils import resolve_device
 
     input, out = Path(input), Path(out)
@@ -132,7 +138,13 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
         raise ConfigError(f"--out {out}: unsupported format; use one of {', '.join(SUFFIXES)}")
     if _suffix(out) != _suffix(input):
         raise ConfigError(f"--out {out}: write the input's format ({_suffix(input)})")
-    outs = [out] + ([std_path(out)] if samples >= 2 else [])
+    if uncertainty is None:
+        uncertainty = "samples" if samples >= 2 else "tweedie"
+    if uncertainty not in ("tweedie", "samples", "none"):
+        raise ConfigError(f"--uncertainty must be tweedie, samples or none, got {uncertainty!r}")
+    if uncertainty == "samples" and samples < 2:
+        raise ConfigError("--uncertainty samples needs --samples 2 or more")
+    outs = [out] + ([std_path(out)] if uncertainty != "none" else [])
     for p in outs:
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p}: exists")
@@ -150,7 +162,7 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
         model = Gaussian.estimate(x.cpu().numpy(), axes=tuple(range(2, x.ndim))) if sigma == "auto" \
             else Gaussian(float(sigma))
         z, s_data = x, float(model.sigma)
-        inv_mean = inv_sample = (lambda t: t)
+        inv_mean = inv_sample = _identity
     else:
         z, s_data = model.stabilise(x), 1.0
         inv_mean, inv_sample = model.invert_mean, model.invert_sample
@@ -159,17 +171,26 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     overlap = patch // 4
     need_tiles = any(n > patch for n in x.shape[2:])
     if total is not None:
-        total(1 + samples)
+        total(1 + samples + (uncertainty == "tweedie"))
 
     def run(fn, blend="smooth"):
         with torch.no_grad():
             return tiled_apply(fn, zm, patch, overlap, blend=blend) if need_tiles else fn(zm)
 
-    mean = inv_mean(prior.to_data(run(lambda t: prior.denoise_model(t, sm)), as_complex=False))
+    z_hat = prior.to_data(run(lambda t: prior.denoise_model(t, sm)), as_complex=False)
+    mean = inv_mean(z_hat)
     if progress is not None:
         progress(1)
-    draws = []
     g = torch.Generator(device=prior.device).manual_seed(seed)
+    std = None
+    if uncertainty == "tweedie":
+        var = run(lambda t: posterior_variance(prior.model, t, sm, generator=g))
+        std = prior.to_data(var.sqrt(), as_complex=False).abs()      # model -> data units: times s
+        if inv_sample is not _identity:
+            std = inverse_slope(model, z_hat) * std
+        if progress is not None:
+            progress(1)
+    draws = []
     for _ in range(samples):
         # random draws: one patch per pixel (blending independent draws would shrink the std)
         s = run(lambda t: denoise_posterior(prior.model, t, sm, n_samples=1, generator=g)["samples"][0],
@@ -179,7 +200,12 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
             progress(1)
     shape = arr.shape
     written = [write_image(out, mean.cpu().numpy().reshape(shape), io_meta)]
-    if samples >= 2:
+    if uncertainty == "samples":
         std = torch.stack(draws).std(0)
+    if std is not None:
         written.append(write_image(std_path(out), std.cpu().numpy().reshape(shape), io_meta))
     return written
+
+
+def _identity(t):
+    return t

@@ -37,11 +37,18 @@ import torch
 
 from .errors import DataError
 from .networks import EDMDenoiser, NetworkConfig
-from .sampling import denoise_posterior, sample as _sample
+from .sampling import DEFAULT_UNCERTAINTY, denoise_posterior, sample as _sample
 from .mri.complex import channels_to_complex, complex_to_channels
 from .utils import append_dims, as_sigma
 
 FORMAT_VERSION = 2      # the newest this version reads; Gaussian priors are still written as 1
+
+
+def inverse_slope(model, z: torch.Tensor) -> torch.Tensor:
+    """``|d invert_sample / dz|`` at ``z`` (central difference): turns a std in the stabilised
+    domain into one in the data's units (first-order error propagation)."""
+    h = 1e-3 * (1 + z.abs())
+    return ((model.invert_sample(z + h) - model.invert_sample(z - h)) / (2 * h)).abs()
 METADATA_KEY = "ambient_med"
 
 
@@ -311,28 +318,37 @@ class AmbientPrior:
 
     def posterior(self, y: torch.Tensor, sigma_y=None, n_samples: int = 8, *,
                   steps: int | None = None, sampler: str | None = None, space: str = "data",
-                  **kwargs) -> dict[str, torch.Tensor]:
+                  uncertainty: str = DEFAULT_UNCERTAINTY, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior of ``x0`` given ``y = x0 + sigma_y e``: ``{"mean", "samples" (S, N, ...),
         "std"}`` (std: per real channel; for complex data ``std`` is complex, real part the
-        std of the real parts, imaginary part that of the imaginary parts). Priors with a noise
-        model: ``sigma_y`` as in :meth:`denoise`; samples are stabilised-space posterior samples
-        mapped back by ``invert_sample``, ``mean`` by ``invert_mean``, ``std`` the per-pixel std
-        of the inverted samples, all in the units of ``y``. Data units in and
-        out unless ``space="model"``. ``steps`` and ``sampler`` default to those of
+        std of the real parts, imaginary part that of the imaginary parts). ``uncertainty``:
+        ``"tweedie"`` (default) reads the std map off the network at ``sigma_y`` (Tweedie's second
+        moment, :mod:`ambient_med.tweedie`), ``"samples"`` takes the std of the ``n_samples``
+        posterior samples (``n_samples = 0``: no samples). Priors with a noise model: ``sigma_y``
+        as in :meth:`denoise`; samples are stabilised-space posterior samples mapped back by
+        ``invert_sample``, ``mean`` by ``invert_mean``, ``std`` the per-pixel std of the inverted
+        samples or, from Tweedie, the stabilised std times the slope of ``invert_sample`` at the
+        posterior mean (first-order error propagation), all in the units of ``y``. Data units in
+        and out unless ``space="model"``. ``steps`` and ``sampler`` default to those of
         :func:`ambient_med.sampling.denoise_posterior`."""
         self._check_space(space)
         opts = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
+        opts["uncertainty"] = uncertainty
         if space == "model":
             return denoise_posterior(self.model, y, sigma_y, n_samples=n_samples, **opts, **kwargs)
         model = self.input_noise(y, sigma_y)
         if model is not None and model.name != "gaussian":
             # in z = f(y) the noise is N(0, 1): sample there, then map every sample back by the
-            # algebraic inverse and the mean by the unbiased one; std of the inverted samples
+            # algebraic inverse and the mean by the unbiased one
             post = denoise_posterior(self.model, self.to_model(model.stabilise(y.float())),
                                      float(self.sigma_to_model(1.0)), n_samples=n_samples,
                                      **opts, **kwargs)
             samples = model.invert_sample(self.to_data(post["samples"], False, channel_dim=2))
-            std = samples.std(0) if n_samples > 1 else torch.zeros_like(samples[0])
+            if uncertainty == "samples":
+                std = samples.std(0)
+            else:
+                z_hat = self.to_data(post["mean"], False)
+                std = inverse_slope(model, z_hat) * self.to_data(post["std"], False)
             return {"mean": model.invert_mean(self.to_data(post["mean"], False)), "samples": samples,
                     "std": std}
         if model is not None:

@@ -129,13 +129,15 @@ def run_sampler(name: str, denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Te
 def sample(denoiser: Denoiser, shape: tuple[int, ...], *, steps: int | None = None,
            sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
            sampler: str = "heun", mode: str = "full", sigma_n: float | None = None,
-           device=None, generator: torch.Generator | None = None,
+           stop: float = 1.0, device=None, generator: torch.Generator | None = None,
            callback: Callback = None, **kwargs) -> torch.Tensor:
     """Draw samples of shape ``shape`` from noise at ``sigma_max``.
 
     ``mode="full"`` integrates down to ``sigma = 0``. ``mode="truncated"`` integrates down to
-    ``sigma_n`` and returns ``D(x, sigma_n)``, the best an ambient model without consistency can
-    do (Daras et al. 2023/2024). ``steps`` defaults to ``DEFAULT_STEPS[sampler]``."""
+    ``stop * sigma_n`` and returns ``D`` there (a last Tweedie step): at ``stop = 1``, ``D(x, sigma_n)``,
+    the best an ambient model without consistency can do (Daras et al. 2023/2024); below 1 it
+    uses what the prior learned under the data noise down to that level. ``steps`` defaults to
+    ``DEFAULT_STEPS[sampler]``."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     steps = steps or DEFAULT_STEPS[sampler]
@@ -147,35 +149,55 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], *, steps: int | None = No
     if mode == "truncated":
         if sigma_n is None or sigma_n <= 0:
             raise ValueError("truncated sampling needs the data noise level sigma_n > 0")
-        sigmas = karras_sigmas(steps, sigma_n, sigma_max, rho, device=x.device, append_zero=False)
+        if not 0 < stop <= 1:
+            raise ValueError(f"stop is a fraction of sigma_n in (0, 1], got {stop}")
+        end = stop * sigma_n
+        sigmas = karras_sigmas(steps, end, sigma_max, rho, device=x.device, append_zero=False)
         x = run_sampler(sampler, denoiser, x, sigmas, generator=generator, callback=callback,
                         **kwargs)
-        return _call(denoiser, x, torch.tensor(sigma_n, device=x.device))
+        return _call(denoiser, x, torch.tensor(end, device=x.device))
     raise ValueError(f"unknown sampling mode {mode!r}; choose 'full' or 'truncated'")
+
+
+UNCERTAINTY = ("tweedie", "samples")
+DEFAULT_UNCERTAINTY = "tweedie"
 
 
 @torch.no_grad()
 def denoise_posterior(denoiser: Denoiser, y: torch.Tensor, sigma_y: float, *,
                       n_samples: int = 8, steps: int | None = None, sigma_min: float = 0.002,
                       rho: float = 7.0, sampler: str | None = None, order: int = 2,
+                      uncertainty: str = DEFAULT_UNCERTAINTY,
                       generator: torch.Generator | None = None,
                       callback: Callback = None) -> dict[str, torch.Tensor]:
     """Posterior of ``x0`` given ``y = x0 + sigma_y e`` (Gaussian noise, exact for exact ``D``).
 
     ``mean`` is ``D(y, sigma_y)``, one network call; ``samples`` run the stochastic reverse chain
-    from ``y`` at level ``sigma_y`` to 0 (``steps`` defaults to ``POSTERIOR_STEPS``); ``std`` is
-    their per-pixel standard deviation (the uncertainty map). Only a stochastic sampler gives a
-    posterior: ``sampler="heun"`` is refused. Returns ``{"mean", "samples" (S, N, C, ...), "std"}``."""
+    from ``y`` at level ``sigma_y`` to 0 (``steps`` defaults to ``POSTERIOR_STEPS``; ``n_samples = 0``
+    draws none). ``std`` is the per-pixel posterior std, the uncertainty map: with
+    ``uncertainty="tweedie"`` (default) ``sqrt(sigma_y^2 diag dD/dx)`` at ``y`` (Tweedie's second
+    moment, :mod:`ambient_med.tweedie`: needs only the network at ``sigma_y``), with ``"samples"``
+    the std of the samples. Only a stochastic sampler gives a posterior: ``sampler="heun"`` is
+    refused. Returns ``{"mean", "samples" (S, N, C, ...), "std"}``."""
+    from .tweedie import posterior_variance
+
     sampler = sampler or "ancestral"
     if sampler not in STOCHASTIC_SAMPLERS:
         raise ValueError(f"posterior sampling needs a stochastic sampler, one of "
                          f"{STOCHASTIC_SAMPLERS}; {sampler!r} is deterministic and would give one "
                          f"point from y, not posterior samples (and a zero std map)")
+    if uncertainty not in UNCERTAINTY:
+        raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {uncertainty!r}")
+    if uncertainty == "samples" and n_samples < 2:
+        raise ValueError("uncertainty='samples' needs n_samples >= 2")
     steps = steps or POSTERIOR_STEPS
     mean = _call(denoiser, y, torch.tensor(sigma_y, device=y.device))
     sigmas = karras_sigmas(steps, sigma_min, sigma_y, rho, device=y.device)
     draws = [sample_ancestral(denoiser, y.clone(), sigmas, order=order, generator=generator,
                               callback=callback) for _ in range(n_samples)]
-    samples = torch.stack(draws)
-    std = samples.std(0) if n_samples > 1 else torch.zeros_like(mean)
+    samples = torch.stack(draws) if draws else y.new_zeros((0, *y.shape))
+    if uncertainty == "tweedie":
+        std = posterior_variance(denoiser, y, sigma_y, generator=generator).to(mean.dtype).sqrt()
+    else:
+        std = samples.std(0)
     return {"mean": mean, "samples": samples, "std": std}

@@ -133,7 +133,7 @@ def test_demo_small(tmp_path):
 
     with one_thread():
         rep = run_demo(tmp_path / "demo", steps=3, device="cpu", n_files=1, slices=16,
-                       previews=2, posterior_samples=2, noise_samples=2, log=lambda m: None)
+                       previews=2, noise_samples=2, log=lambda m: None)
     f = rep["figures"]
     assert (tmp_path / "demo" / "report.png").stat().st_size > 0
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["steps"] == 3
@@ -144,10 +144,12 @@ def test_demo_small(tmp_path):
     assert (tmp_path / "demo" / "run-naive" / "prior.safetensors").is_file()
     assert (tmp_path / "demo" / "run-ambient-consistency" / "prior.safetensors").is_file()
     residual = f["background_noise_over_sigma_n"]
-    assert set(residual) == {"naive", "ambient+consistency", "noisy data"}
+    assert set(residual) == {"naive", "ambient+consistency", "noisy data", "denoised"}
     assert 0.8 < residual["noisy data"] < 2.0          # the background holds noise only
     assert f["background_pixels"] > 0 and all(np.isfinite(v) for v in residual.values())
+    assert -1 <= f["posterior_std_error_pearson"] <= 1
     md = (tmp_path / "demo" / "report.md").read_text()
     assert "naive samples" in md and "ambient+consistency samples" in md
+    assert "Pearson: posterior std vs |error|" in md
     r = cli("demo", "--out", tmp_path / "demo", "--steps", "1")
     assert_user_error(r, "exists", "--overwrite")

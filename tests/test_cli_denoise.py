@@ -53,6 +53,22 @@ def test_denoise_tiff_in_tiff_out_tiled_with_std(patched, tmp_path):
     assert_user_error(r, "out.tif", "--overwrite")
 
 
+def test_denoise_writes_a_tweedie_std_map_by_default(patched, tmp_path):
+    f, y = _flat(tmp_path, shape=(16, 16))
+    out = tmp_path / "out.tif"
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", out, "--sigma", "prior", "--no-progress")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    std = tifffile.imread(tmp_path / "out_std.tif")
+    # the stub averages the image: Tweedie's std is the noise std at the mean over sqrt(N)
+    assert float(std.mean()) == pytest.approx(np.sqrt(A * 30.0 + B) / 16, rel=0.15)
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", tmp_path / "o2.tif", "--sigma", "prior",
+            "--uncertainty", "none", "--no-progress")
+    assert r.exit_code == 0 and not (tmp_path / "o2_std.tif").exists()
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", tmp_path / "o3.tif",
+            "--uncertainty", "samples", "--no-progress")
+    assert_user_error(r, "--samples 2")
+
+
 def test_denoise_npy_and_nifti_keep_their_format(patched, tmp_path):
     import nibabel as nib
 

@@ -107,11 +107,28 @@ def test_posterior_samples_and_std_are_in_input_units():
     y = torch.as_tensor(poisson_gaussian_noise(np.full((1, 1, 32, 32), m), A, B, rng=np.random.default_rng(3)),
                         dtype=torch.float32)
     prior = _stub_prior(model)
-    post = prior.posterior(y, n_samples=3, steps=4, generator=torch.Generator().manual_seed(0))
+    post = prior.posterior(y, n_samples=3, steps=4, generator=torch.Generator().manual_seed(0),
+                           uncertainty="samples")
     assert post["samples"].shape == (3, *y.shape) and post["std"].shape == y.shape
     assert torch.allclose(post["std"], post["samples"].std(0))
     assert float(post["samples"].mean()) == pytest.approx(m, rel=0.2)
     assert float(post["mean"].mean()) == pytest.approx(m, rel=0.05)
+
+
+def test_tweedie_std_is_mapped_back_to_input_units():
+    """The stub's Jacobian is the averaging matrix, so Tweedie's posterior variance in the
+    stabilised domain is 1/N per pixel (unit noise, N pixels); through the slope of the inverse
+    transform it becomes the noise std at the mean, sqrt(a m + b), over sqrt(N)."""
+    model = noise.PoissonGaussian(A, B)
+    from ambient_med.microscopy.synthetic import poisson_gaussian_noise
+
+    m = 20.0
+    y = torch.as_tensor(poisson_gaussian_noise(np.full((1, 1, 32, 32), m), A, B, rng=np.random.default_rng(4)),
+                        dtype=torch.float32)
+    post = _stub_prior(model).posterior(y, n_samples=0, generator=torch.Generator().manual_seed(0))
+    assert post["samples"].shape[0] == 0
+    expected = np.sqrt(A * m + B) / 32
+    assert float(post["std"].mean()) == pytest.approx(expected, rel=0.1)
 
 
 def test_magnitude_training_through_the_cli_records_noncentral_chi(tmp_path):
