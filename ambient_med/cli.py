@@ -148,7 +148,8 @@ def sample(
     n: int = typer.Option(8, "--n", min=1, help="Number of samples."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1,
                                         help="Sampler steps (default: calibrated, heun 40, ancestral 128)."),
-    mode: str = typer.Option("full", "--mode", help="full | truncated (stop at sigma_n)."),
+    mode: str = typer.Option("full", "--mode", help="full | truncated (stop at --stop x sigma_n, then one Tweedie step)."),
+    stop: float = typer.Option(1.0, "--stop", help="truncated: the fraction of sigma_n to stop at."),
     sampler: str = typer.Option("heun", "--sampler", help="heun | ancestral"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -158,7 +159,7 @@ def sample(
     from .prior_tools import write_samples
 
     with user_errors():
-        for p in write_samples(prior, out, n=n, steps=steps, mode=mode, sampler=sampler, seed=seed,
+        for p in write_samples(prior, out, n=n, steps=steps, mode=mode, stop=stop, sampler=sampler, seed=seed,
                                device=device, overwrite=overwrite):
             typer.echo(f"wrote {p}")
 

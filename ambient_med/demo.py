@@ -54,12 +54,14 @@ def _variant(out: Path, objective: str, cache: Path) -> Path:
     import yaml
 
     from .config import load_protocol
+    from .losses import LossConfig, inactive_keys
 
     d = load_protocol("demo").to_dict()
     d["name"] = f"demo-{objective.replace('+', '-')}"
     d["loss"]["objective"] = objective
-    if objective == "naive":
-        d["loss"].pop("sure_fraction", None)   # an ambient-only term
+    # keys of the terms the naive objective lacks (below sigma_n, SURE) would be refused
+    inactive = inactive_keys(LossConfig(**d["loss"]))
+    d["loss"] = {k: v for k, v in d["loss"].items() if k not in inactive}
     d["data"]["cache_dir"] = str(cache.resolve())
     path = out / "protocols" / f"{d['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,7 @@ def _draw_samples(prior, n: int) -> torch.Tensor:
     sampler = load_protocol_sampler()
     dev = next(prior.model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(2)
-    return prior.sample(n, steps=sampler.steps, mode=sampler.mode, sampler=sampler.sampler,
+    return prior.sample(n, steps=sampler.steps, mode=sampler.mode, stop=sampler.stop, sampler=sampler.sampler,
                         generator=g, space="model")
 
 

@@ -152,17 +152,19 @@ class LossConfig:
     consistency_weight: float = 1.0
     consistency_fraction: float = 0.5    # share of each batch that gets the term
     consistency_start: float = 0.25      # fraction of training done on the ambient term alone
-    consistency_min_ratio: float = 0.02  # lowest sigma / sigma_n the term trains
+    consistency_min_ratio: float = 0.02  # pair, anchored: lowest sigma / sigma_n the term trains
     teacher: str = "model"               # whose chains and caches: "model" (no lag) or "ema"
     # "distill": the ODE runs from y at sigma_n down to distill_level * sigma_n (Heun, distill_steps
     # steps, 2 distill_steps - 2 calls without gradient; 32 keeps the exact denoisers stationary,
-    # 16 does not on mixtures of fields); a cache of distill_cache batches is refreshed with
-    # distill_refresh of each batch per step, and trains the levels up to distill_max_ratio sigma_n
+    # 16 does not on mixtures of fields); a cache of distill_cache batches is refreshed every
+    # distill_every steps with distill_refresh * distill_every of a batch (one batched ODE: on a CPU,
+    # 16 images cost 5x one, not 16x), and trains the levels up to distill_max_ratio sigma_n
     distill_steps: int = 32
     distill_level: float = 0.02
     distill_max_ratio: float = 1.0
     distill_refresh: float = 0.0625
     distill_cache: int = 2
+    distill_every: int = 1
     # "pair": the chain to the upper level s (consistency_chain_steps no-grad steps from y, or y
     # re-noised where s > sigma_n, up to consistency_max_ratio sigma_n); the lower level u/s drawn
     # in consistency_step_ratio; two independent chains of consistency_substeps steps from x_s to u.
@@ -192,6 +194,8 @@ class LossConfig:
             raise ValueError("need 0 < distill_level < 1 and distill_max_ratio > distill_level")
         if self.distill_steps < 2 or self.distill_cache < 1 or not 0 < self.distill_refresh <= 1:
             raise ValueError("need distill_steps >= 2, distill_cache >= 1 and 0 < distill_refresh <= 1")
+        if self.distill_every < 1:
+            raise ValueError("need distill_every >= 1 (refresh the cache every that many steps)")
         if self.anchored_chains < 2:
             raise ValueError("anchored_chains must be >= 2 (the statistic pairs independent chains)")
         if self.consistency_order not in (1, 2):
@@ -211,13 +215,14 @@ class LossConfig:
 
 _BELOW_NOISE_KEYS = {
     "pair": {"consistency_chain_steps", "consistency_max_ratio", "consistency_step_ratio",
-             "consistency_substeps", "consistency_order"},
+             "consistency_substeps", "consistency_order", "consistency_min_ratio"},
     "distill": {"teacher", "distill_steps", "distill_level", "distill_max_ratio", "distill_refresh",
-                "distill_cache"},
-    "anchored": {"teacher", "consistency_chain_steps", "consistency_order", "anchored_chains"},
+                "distill_cache", "distill_every"},
+    "anchored": {"teacher", "consistency_chain_steps", "consistency_order", "anchored_chains",
+                 "consistency_min_ratio"},
 }
 _BELOW_NOISE_SHARED = {"consistency_variant", "consistency_weight", "consistency_fraction",
-                       "consistency_start", "consistency_min_ratio"}
+                       "consistency_start"}
 
 
 def inactive_keys(cfg: LossConfig) -> set[str]:
@@ -425,6 +430,7 @@ class CleanCache:
         self.sigma_n: torch.Tensor | None = None
         self.filled = 0
         self.pos = 0
+        self.calls = 0      # training steps served: the refresh runs on every distill_every-th
 
     def push(self, x: torch.Tensor, level: torch.Tensor, sigma_n: torch.Tensor) -> None:
         if self.x is None or self.x.shape[1:] != x.shape[1:]:
@@ -443,10 +449,11 @@ class CleanCache:
 
     def state_dict(self) -> dict:
         return {"x": self.x, "level": self.level, "sigma_n": self.sigma_n, "filled": self.filled,
-                "pos": self.pos, "capacity": self.capacity}
+                "pos": self.pos, "capacity": self.capacity, "calls": self.calls}
 
     def load_state_dict(self, d: dict) -> None:
         self.capacity, self.filled, self.pos = int(d["capacity"]), int(d["filled"]), int(d["pos"])
+        self.calls = int(d.get("calls", 0))
         self.x, self.level, self.sigma_n = d["x"], d["level"], d["sigma_n"]
 
 
@@ -580,17 +587,23 @@ def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tenso
                                        teacher))
             names.append("anchored")
         if idx.numel() > 0 and "distill" in parts:
-            fresh = noisy[:max(int(round(cfg.distill_refresh * batch.shape[0])), 1)]
             if cache is None:  # a one-off call (train() keeps one cache across steps)
-                cache = CleanCache(fresh.numel())
-            with torch.no_grad():
-                refresh_clean_cache(cache, teacher if teacher is not None else denoiser,
-                                    batch[fresh], sigma_n[fresh], cfg)
+                every = 1
+                cache = CleanCache(max(int(round(cfg.distill_refresh * batch.shape[0])), 1))
+            else:
+                every = cfg.distill_every
+            if cache.calls % every == 0 or cache.filled == 0:
+                n_fresh = max(int(round(cfg.distill_refresh * every * batch.shape[0])), 1)
+                fresh = noisy[:n_fresh]
+                with torch.no_grad():
+                    refresh_clean_cache(cache, teacher if teacher is not None else denoiser,
+                                        batch[fresh], sigma_n[fresh], cfg)
+            cache.calls += 1
             terms.append(distill_term(cache, n_term, cfg, generator))
             names.append("distill")
     losses = evaluate_terms(denoiser, terms)
     weights = {"ambient": 1.0, "sure": 1.0, "consistency": cfg.consistency_weight,
-               "anchored": cfg.consistency_weight, "distill": 1.0}
+               "anchored": cfg.consistency_weight, "distill": cfg.consistency_weight}
     parts, loss = {}, 0.0
     for name, per_sample in zip(names, losses):
         part = per_sample.mean()

@@ -48,13 +48,15 @@ def output_paths(out: str | Path) -> list[Path]:
 
 
 def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps: int | None = None,
-                  mode: str = "full", sampler: str = "heun", seed: int = 0, device: str = "auto",
-                  overwrite: bool = False) -> list[Path]:
+                  mode: str = "full", stop: float = 1.0, sampler: str = "heun", seed: int = 0,
+                  device: str = "auto", overwrite: bool = False) -> list[Path]:
     from .images import save_grid, to_display
     from .utils import resolve_device
 
     if mode not in ("full", "truncated"):
         raise ConfigError(f"--mode must be 'full' or 'truncated', got {mode!r}")
+    if not 0 < stop <= 1 or (mode == "full" and stop != 1.0):
+        raise ConfigError(f"--stop must be in (0, 1] and needs --mode truncated, got {stop}")
     if sampler not in ("heun", "ancestral"):
         raise ConfigError(f"--sampler must be 'heun' or 'ancestral', got {sampler!r}")
     paths = output_paths(out)
@@ -66,7 +68,8 @@ def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps:
     if mode == "truncated" and prior.sigma_n <= 0:
         raise ConfigError("--mode truncated needs a prior trained on noisy data (sigma_n > 0)")
     g = torch.Generator(device=dev).manual_seed(seed)
-    x = prior.sample(n, steps=steps, mode=mode, sampler=sampler, generator=g, space="model")
+    x = prior.sample(n, steps=steps, mode=mode, stop=stop, sampler=sampler, generator=g,
+                     space="model")
     written = []
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -190,8 +190,8 @@ def write_previews(prior: AmbientPrior, protocol: Protocol, path: Path, n: int) 
         return None
     s = protocol.sampler
     g = torch.Generator(device=prior.device).manual_seed(0)
-    x = prior.sample(n, steps=s.steps, mode=s.mode, sampler=s.sampler, generator=g, space="model",
-                     **({"churn": s.churn} if s.sampler == "heun" else {}))
+    x = prior.sample(n, steps=s.steps, mode=s.mode, stop=s.stop, sampler=s.sampler, generator=g,
+                     space="model", **({"churn": s.churn} if s.sampler == "heun" else {}))
     return save_grid([("samples", to_display(x, prior.metadata.data_kind == "complex"))], path)
 
 
