@@ -361,6 +361,31 @@ class AmbientPrior:
         return {"mean": self.to_data(post["mean"], c), "std": self.to_data(post["std"], c),
                 "samples": self.to_data(post["samples"], c, channel_dim=2)}
 
+    def principal_components(self, y: torch.Tensor, sigma_y=None, k: int = 4, *,
+                             space: str = "data", **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` leading posterior principal components of ``x0`` given ``y = x0 + sigma_y e``
+        (Gaussian noise; ``sigma_y`` defaults to ``sigma_n``): the eigenpairs of Tweedie's
+        ``Cov[x0 | y] = sigma_y^2 dD/dy`` (Manor and Michaeli, ICLR 2024;
+        :func:`ambient_med.tweedie.posterior_principal_components`, whose options ``kwargs``
+        pass to). Returns the variances ``(N, k)``, in squared data units, and unit-norm
+        components ``(N, k, C, *spatial)`` (complex for complex data) unless ``space="model"``."""
+        from .tweedie import posterior_principal_components
+
+        self._check_space(space)
+        if self.noise_model is not None and self.noise_model.name != "gaussian":
+            raise ValueError("principal components are defined for priors of Gaussian noise; this "
+                             f"prior's noise model is {self.noise_model.name}")
+        if sigma_y is None:
+            sigma_y = self.sigma_n if space == "data" else self.metadata.sigma_n_model
+        x = y if space == "model" else self.to_model(y)
+        sigma = sigma_y if space == "model" else self.sigma_to_model(sigma_y)
+        var, comps = posterior_principal_components(self.model, x, float(sigma), k, **kwargs)
+        if space == "model":
+            return var, comps
+        scale = self.metadata.scale
+        # components are unit vectors: the unit change keeps them, only the variances scale
+        return var * scale**2, self.to_data(comps / scale, torch.is_complex(y), channel_dim=2)
+
     def reconstruct(self, kspace, mask, *, maps=None, sigma: str | float = "auto",
                     method: str = "dc", n_samples: int = 8, steps: int | None = None,
                     generator: torch.Generator | None = None, callback=None,

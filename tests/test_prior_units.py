@@ -68,3 +68,18 @@ def test_sample_and_posterior_in_data_units_with_sampling_defaults(monkeypatch):
     assert "sampler" not in seen and seen.get("steps") is None   # the sampling module's defaults
     assert post["mean"].dtype == torch.complex64 and post["samples"].shape == (2, 2, 1, 16, 16)
     torch.testing.assert_close(post["mean"], scaled.denoise(y, 0.3 * S))
+
+
+def test_principal_components_scale_with_the_data_and_stay_unit_vectors():
+    unit, scaled = _priors()
+    y = torch.randn(2, 1, 16, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(3))
+    opts = dict(k=2, generator=torch.Generator().manual_seed(0))
+    v1, c1 = unit.principal_components(y, 0.3, **opts)
+    opts["generator"] = torch.Generator().manual_seed(0)
+    v2, c2 = scaled.principal_components(S * y, 0.3 * S, **opts)
+    assert c1.dtype == torch.complex64 and c1.shape == (2, 2, 1, 16, 16)
+    # S times brighter data: S^2 times the variances, the same unit directions
+    torch.testing.assert_close(v2, S**2 * v1, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(c1.abs().square().sum(dim=(2, 3, 4)), torch.ones(2, 2))
+    overlap = (c1.conj() * c2).sum(dim=(2, 3, 4)).abs()
+    torch.testing.assert_close(overlap, torch.ones(2, 2), rtol=1e-3, atol=1e-3)
