@@ -157,8 +157,9 @@ class LossConfig:
     # "distill": the ODE runs from y at sigma_n down to distill_level * sigma_n (Heun, distill_steps
     # steps, 2 distill_steps - 2 calls without gradient; 32 keeps the exact denoisers stationary,
     # 16 does not on mixtures of fields); a cache of distill_cache batches is refreshed every
-    # distill_every steps with distill_refresh * distill_every of a batch (one batched ODE: on a CPU,
-    # 16 images cost 5x one, not 16x), and trains the levels up to distill_max_ratio sigma_n
+    # distill_every steps with the distill_refresh * distill_every * batch images due since (at
+    # most a batch; one batched ODE: on a CPU, 16 images cost 5x one, not 16x), and trains the
+    # levels up to distill_max_ratio sigma_n
     distill_steps: int = 32
     distill_level: float = 0.02
     distill_max_ratio: float = 1.0
@@ -431,6 +432,7 @@ class CleanCache:
         self.filled = 0
         self.pos = 0
         self.calls = 0      # training steps served: the refresh runs on every distill_every-th
+        self.owed = 0.0     # images due (distill_refresh x batch per step; carried, not rounded)
 
     def push(self, x: torch.Tensor, level: torch.Tensor, sigma_n: torch.Tensor) -> None:
         if self.x is None or self.x.shape[1:] != x.shape[1:]:
@@ -449,11 +451,12 @@ class CleanCache:
 
     def state_dict(self) -> dict:
         return {"x": self.x, "level": self.level, "sigma_n": self.sigma_n, "filled": self.filled,
-                "pos": self.pos, "capacity": self.capacity, "calls": self.calls}
+                "pos": self.pos, "capacity": self.capacity, "calls": self.calls,
+                "owed": self.owed}
 
     def load_state_dict(self, d: dict) -> None:
         self.capacity, self.filled, self.pos = int(d["capacity"]), int(d["filled"]), int(d["pos"])
-        self.calls = int(d.get("calls", 0))
+        self.calls, self.owed = int(d.get("calls", 0)), float(d.get("owed", 0.0))
         self.x, self.level, self.sigma_n = d["x"], d["level"], d["sigma_n"]
 
 
@@ -592,8 +595,12 @@ def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tenso
                 cache = CleanCache(max(int(round(cfg.distill_refresh * batch.shape[0])), 1))
             else:
                 every = cfg.distill_every
-            if cache.calls % every == 0 or cache.filled == 0:
-                n_fresh = max(int(round(cfg.distill_refresh * every * batch.shape[0])), 1)
+            # distill_refresh x batch images per step on average, in whole images: a batch of 2
+            # refreshes one image every 8 steps, not one (half the batch) every step
+            cache.owed += cfg.distill_refresh * batch.shape[0]
+            if cache.filled == 0 or (cache.calls % every == 0 and cache.owed >= 1):
+                n_fresh = min(max(int(cache.owed), 1), noisy.numel())
+                cache.owed = max(cache.owed - n_fresh, 0.0) if n_fresh < noisy.numel() else 0.0
                 fresh = noisy[:n_fresh]
                 with torch.no_grad():
                     refresh_clean_cache(cache, teacher if teacher is not None else denoiser,
