@@ -326,9 +326,16 @@ def _plain(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+# LossConfig fields added after cells were measured, at the value that reproduces the old
+# behaviour: left out of the key so that those cells stay valid
+NEUTRAL = {"distill_every": 1}
+
+
 def cell_key(name: str, sigma_n: float, seed: int, args) -> str:
     """Identifies a cell by everything that decides its result."""
-    spec = json.dumps({"objective": _plain(asdict(loss_config(name, 1.0))), "sigma_n": sigma_n,
+    cfg = {k: v for k, v in _plain(asdict(loss_config(name, 1.0))).items()
+           if NEUTRAL.get(k, object()) != v}
+    spec = json.dumps({"objective": cfg, "sigma_n": sigma_n,
                        "seed": seed, "minutes": args.minutes, "n_train": args.n_train,
                        "batch": args.batch_size, "lr": args.lr, "ema": args.ema, "lr_schedule": args.lr_schedule,
                        "net": [args.width, args.depth], "n_eval": args.n_eval}, sort_keys=True)
@@ -540,7 +547,8 @@ def main():
         names = list(dict.fromkeys(c["objective"] for c in cells))
         args.seeds = sorted({c["seed"] for c in cells})
         return write_report(stem, cells, sorted({c["sigma_n"] for c in cells}), names, args)
-    todo = [(n, sn, s) for sn in args.sigma_n for s in args.seeds for n in args.objectives
+    # seed-major: a run cut short still has every noise level at the seeds it finished
+    todo = [(n, sn, s) for s in args.seeds for sn in args.sigma_n for n in args.objectives
             if cell_key(n, sn, s, args) not in done]
     print(f"{len(todo)} cells to run ({len(done)} already in {cells_path.name}), "
           f"{args.workers} at a time, {args.minutes:g} min each", flush=True)
