@@ -87,20 +87,20 @@ class DataConfig:
 class SamplerConfig:
     sampler: str = "heun"             # heun | ancestral
     steps: int = 32
-    mode: str = "full"                # full | truncated
-    stop: float = 1.0                 # truncated: stop at stop * sigma_n and return D there
+    mode: str = "auto"                # auto | full | truncated (ambient_med.sampling.resolve_mode)
+    stop: float | None = None         # auto, truncated: stop at stop * sigma_n, return D there
     churn: float = 0.0
     previews: int = 8                 # images in samples.png at the end of training
 
     def __post_init__(self):
         if self.sampler not in ("heun", "ancestral"):
             raise ValueError(f"sampler must be 'heun' or 'ancestral', got {self.sampler!r}")
-        if self.mode not in ("full", "truncated"):
-            raise ValueError(f"mode must be 'full' or 'truncated', got {self.mode!r}")
-        if not 0 < self.stop <= 1:
+        if self.mode not in ("auto", "full", "truncated"):
+            raise ValueError(f"mode must be 'auto', 'full' or 'truncated', got {self.mode!r}")
+        if self.stop is not None and not 0 < self.stop <= 1:
             raise ValueError(f"stop is a fraction of sigma_n in (0, 1], got {self.stop}")
-        if self.mode == "full" and self.stop != 1.0:
-            raise ValueError("stop applies to mode 'truncated' only (full sampling runs to 0)")
+        if self.mode == "full" and self.stop is not None:
+            raise ValueError("stop applies to the modes 'auto' and 'truncated' (full runs to 0)")
 
 
 # network/loss fields that the data decide; a protocol may not set them

@@ -37,7 +37,7 @@ import torch
 
 from .errors import DataError
 from .networks import EDMDenoiser, NetworkConfig
-from .sampling import DEFAULT_UNCERTAINTY, denoise_posterior, sample as _sample
+from .sampling import DEFAULT_UNCERTAINTY, denoise_posterior, resolve_mode, sample as _sample
 from .mri.complex import channels_to_complex, complex_to_channels
 from .utils import append_dims, as_sigma
 
@@ -296,22 +296,28 @@ class AmbientPrior:
         # d/dx_data = d/dx_model / s
         return self.to_data(score_m, as_complex=torch.is_complex(x)) / self.metadata.scale ** 2
 
-    def sample(self, n: int, steps: int | None = None, mode: str = "full", *,
+    def sample(self, n: int, steps: int | None = None, mode: str = "auto", *,
+               stop: float | None = None,
                shape: tuple[int, ...] | None = None, sampler: str = "heun",
                generator: torch.Generator | None = None, callback=None, space: str = "data",
                **kwargs) -> torch.Tensor:
         """``n`` samples of the clean distribution, in data units (complex priors: complex
         ``(n, C/2, *shape)``) or, with ``space="model"``, model space ``(n, C, *shape)``.
-        ``shape`` is spatial; it defaults to the training patch size. ``mode`` is ``full`` or
-        ``truncated`` (stop at ``sigma_n``). ``steps`` defaults to the sampler's calibrated count
-        (``sampling.DEFAULT_STEPS``)."""
+        ``shape`` is spatial; it defaults to the training patch size. ``mode``: ``auto``
+        (default: stop at ``0.5 sigma_n`` with a last Tweedie step for an ambient prior of noisy
+        data, run to 0 for a prior of clean data or a naive one; ``sampling.AUTO_STOP``), ``full`` (to 0) or ``truncated`` (stop at
+        ``stop * sigma_n``, default ``stop = 1``). ``steps`` defaults to the sampler's calibrated
+        count (``sampling.DEFAULT_STEPS``)."""
         self._check_space(space)
         if shape is None:
             shape = tuple(self.metadata.training.get("image_shape", ()))
             if not shape:
                 raise ValueError("pass shape=...: the prior does not record an image shape")
         full_shape = (n, self.metadata.channels, *shape)
-        x = _sample(self.model, full_shape, steps=steps, sampler=sampler, mode=mode,
+        # a prior that learned the noisy images as they are (naive) has nothing to stop short of
+        learned_clean = self.metadata.training.get("objective") not in ("naive", "clean")
+        mode, stop = resolve_mode(mode, self.metadata.sigma_n_model if learned_clean else 0.0, stop)
+        x = _sample(self.model, full_shape, steps=steps, sampler=sampler, mode=mode, stop=stop,
                     sigma_n=self.metadata.sigma_n_model, device=self.device,
                     generator=generator, callback=callback, **kwargs)
         return x if space == "model" else self.to_data(x)

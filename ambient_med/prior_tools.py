@@ -48,15 +48,15 @@ def output_paths(out: str | Path) -> list[Path]:
 
 
 def write_samples(prior_file: str | Path, out: str | Path, *, n: int = 8, steps: int | None = None,
-                  mode: str = "full", stop: float = 1.0, sampler: str = "heun", seed: int = 0,
+                  mode: str = "auto", stop: float | None = None, sampler: str = "heun", seed: int = 0,
                   device: str = "auto", overwrite: bool = False) -> list[Path]:
     from .images import save_grid, to_display
     from .utils import resolve_device
 
-    if mode not in ("full", "truncated"):
-        raise ConfigError(f"--mode must be 'full' or 'truncated', got {mode!r}")
-    if not 0 < stop <= 1 or (mode == "full" and stop != 1.0):
-        raise ConfigError(f"--stop must be in (0, 1] and needs --mode truncated, got {stop}")
+    if mode not in ("auto", "full", "truncated"):
+        raise ConfigError(f"--mode must be 'auto', 'full' or 'truncated', got {mode!r}")
+    if stop is not None and (not 0 < stop <= 1 or mode == "full"):
+        raise ConfigError(f"--stop must be in (0, 1] and goes with --mode auto or truncated, got {stop}")
     if sampler not in ("heun", "ancestral"):
         raise ConfigError(f"--sampler must be 'heun' or 'ancestral', got {sampler!r}")
     paths = output_paths(out)
