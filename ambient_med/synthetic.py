@@ -24,6 +24,18 @@ def _freq_radius(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.sqrt(sum(g**2 for g in grids))
 
 
+
+def monte_carlo_mmse(dist, sigma: float, n: int = 20000, seed: int = 0) -> float:
+    """``E Var[x0 | x_sigma]`` per pixel over ``n`` draws of ``dist`` (which has ``sample`` and a
+    closed-form ``posterior_variance``), in batches of 2000."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(max(n // 2000, 1)):
+        x0 = dist.sample(2000, g)
+        xs = x0 + sigma * torch.randn(x0.shape, generator=g)
+        out.append(dist.posterior_variance(xs, sigma).double().mean())
+    return float(torch.stack(out).mean())
+
 class GaussianField:
     """Zero-mean stationary Gaussian field with ``P(k) = c / (1 + (|k|/k0)^2)^alpha``, ``mean(P) = 1``
     (clean variance 1). ``shape`` is spatial (2D or 3D); samples are ``(N, 1, *shape)``."""
@@ -249,13 +261,7 @@ class GaussianMixtureField:
 
     def mmse(self, sigma: float, n: int = 20000, seed: int = 0) -> float:
         """Per-pixel MMSE ``E||x0 - E[x0|x_sigma]||^2 / d`` by Monte Carlo (``E Var[x0|x_sigma]``)."""
-        g = torch.Generator().manual_seed(seed)
-        out = []
-        for _ in range(max(n // 2000, 1)):
-            x0 = self.sample(2000, g)
-            xs = x0 + sigma * torch.randn(x0.shape, generator=g)
-            out.append(self.posterior_variance(xs, sigma).double().mean())
-        return float(torch.stack(out).mean())
+        return monte_carlo_mmse(self, sigma, n, seed)
 
     def component_covariance(self, k: int) -> np.ndarray:
         """Dense covariance of component ``k`` (flattened)."""
@@ -373,13 +379,7 @@ class DenseGaussianMixture:
 
     def mmse(self, sigma: float, n: int = 20000, seed: int = 0) -> float:
         """Per-pixel MMSE ``E Var[x0 | x_sigma]`` by Monte Carlo."""
-        g = torch.Generator().manual_seed(seed)
-        out = []
-        for _ in range(max(n // 2000, 1)):
-            x0 = self.sample(2000, g)
-            xs = x0 + sigma * torch.randn(x0.shape, generator=g)
-            out.append(self.posterior_variance(xs, sigma).double().mean())
-        return float(torch.stack(out).mean())
+        return monte_carlo_mmse(self, sigma, n, seed)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """The mixture's mean (d,) and covariance (d, d)."""
