@@ -24,8 +24,9 @@ from typing import Callable
 
 import torch
 
-from .losses import CleanCache, LossConfig, Term, anchored_term, consistency_term, distill_term, \
-    refresh_clean_cache
+from .chain_terms import anchored_term, consistency_term
+from .distill import CleanCache, distill_term, refresh_clean_cache
+from .losses import LossConfig, Term
 from .utils import append_dims, as_sigma
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

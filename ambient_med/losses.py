@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .reverse import ancestral_step, probability_flow, reverse_chain  # noqa: F401 (re-exported)
 from .utils import append_dims
+
+if TYPE_CHECKING:
+    from .distill import CleanCache
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -366,168 +369,6 @@ def sure_noise_check(values: list[float], sigma_data: float, sigma_n: float) -> 
             f"that is not unit-variance): the posterior mean will over-smooth")
 
 
-def consistency_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor,
-                     cfg: LossConfig, generator=None) -> Term:
-    """Consistency term below ``sigma_n`` (martingale property of exact denoisers:
-    ``E[x0 | x_s] = E[ E[x0 | x_u] | x_s ]`` for ``u < s``), per sample.
-
-    ``pair``: from ``y`` (an exact draw at ``sigma_n``) run the model's reverse chain to a random
-    ``s < sigma_n`` (or, for ``s > sigma_n`` when ``consistency_max_ratio > 1``, re-noise ``y``); take two independent reverse chains of ``consistency_substeps`` steps to
-    ``u < s``; penalise ``(T - D(x_u1, u)) . (T - D(x_u2, u))`` with the fixed target
-    ``T = D(x_s, s)``. Its conditional mean given ``x_s`` is ``|| T - E[D(x_u, u) | x_s] ||^2``, zero
-    at the exact denoisers for *any* data distribution if the kernel ``x_s -> x_u`` is the true
-    one. Each pair chain starts with a first-order step (its mean given ``x_s`` is exact, so the
-    pair is exactly centred for Gaussian data); further sub-steps are second order
-    (``reverse.py``). On non-Gaussian data the kernel's missing variance biases the pair; nearby
-    levels and sub-steps shrink that bias (measured in ``benchmarks/consistency_kernels.py``).
-
-    The higher-noise side is held fixed (no gradient), so what the exact ``sigma >= sigma_n``
-    denoisers know flows downward; letting gradients reach it diverged in trials (DESIGN s. 4).
-    The weight is EDM's ``lambda`` at the lower level, so every level counts as in the clean loss.
-    The returned term's inputs are the two lower-level draws, stacked.
-    """
-    n = y.shape[0]
-    lo, hi = sigma_n * cfg.consistency_min_ratio, sigma_n * cfg.consistency_max_ratio
-    s = sample_sigma_loguniform(n, lo, hi, generator=generator, device=y.device)
-    order = cfg.consistency_order
-    with torch.no_grad():
-        if cfg.consistency_max_ratio > 1:  # s above sigma_n: an exact draw, y re-noised
-            eta = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-            above = append_dims(s > sigma_n, y.ndim)
-            x_s, _ = reverse_chain(denoiser, y, sigma_n, torch.minimum(s, sigma_n),
-                                   cfg.consistency_chain_steps, generator, order=order)
-            x_s = torch.where(above, renoise(y, s, sigma_n, eta), x_s)
-        else:
-            x_s, _ = reverse_chain(denoiser, y, sigma_n, s, cfg.consistency_chain_steps,
-                                   generator, order=order)
-        target = denoiser(x_s, s)
-        r0, r1 = cfg.consistency_step_ratio
-        u = s * (r0 + (r1 - r0) * torch.rand(n, generator=generator, device=y.device))
-        two = lambda t: torch.cat([t, t])  # noqa: E731 - two independent chains, one batch
-        # no memory of the chain into x_s: the first step from x_s must be first order, the
-        # only step whose mean given x_s is exact (Tweedie) for any data
-        x_u, _ = reverse_chain(denoiser, two(x_s), two(s), two(u), cfg.consistency_substeps,
-                               generator, order=order, first=two(target))
-    level = u
-    w = edm_weight(level, cfg.sigma_data)
-
-    def finish(pred):
-        p1, p2 = pred.chunk(2)
-        return _per_sample(w, (target - p1) * (target - p2))
-
-    return Term(x_u, level.repeat(2), finish)
-
-
-class CleanCache:
-    """A ring buffer of the teacher's estimates ``x_c`` of draws at a low level ``c`` (per item),
-    with the data noise level ``sigma_n`` of the observation each came from; filled by
-    :func:`refresh_clean_cache`, read by :func:`distill_term`. Its tensors are the ``cache`` entry
-    of checkpoints (exact resume)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = int(capacity)
-        self.x: torch.Tensor | None = None
-        self.level: torch.Tensor | None = None
-        self.sigma_n: torch.Tensor | None = None
-        self.filled = 0
-        self.pos = 0
-        self.calls = 0      # training steps served: the refresh runs on every distill_every-th
-        self.owed = 0.0     # images due (distill_refresh x batch per step; carried, not rounded)
-
-    def push(self, x: torch.Tensor, level: torch.Tensor, sigma_n: torch.Tensor) -> None:
-        if self.x is None or self.x.shape[1:] != x.shape[1:]:
-            self.x = x.new_zeros((self.capacity, *x.shape[1:]))
-            self.level = level.new_zeros(self.capacity)
-            self.sigma_n = sigma_n.new_zeros(self.capacity)
-            self.filled = self.pos = 0
-        idx = (self.pos + torch.arange(x.shape[0], device=x.device)) % self.capacity
-        self.x[idx], self.level[idx], self.sigma_n[idx] = x.detach(), level.detach(), sigma_n.detach()
-        self.pos = int((self.pos + x.shape[0]) % self.capacity)
-        self.filled = min(self.filled + x.shape[0], self.capacity)
-
-    def draw(self, n: int, generator=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = torch.randint(self.filled, (n,), generator=generator, device=self.x.device)
-        return self.x[idx], self.level[idx], self.sigma_n[idx]
-
-    def state_dict(self) -> dict:
-        return {"x": self.x, "level": self.level, "sigma_n": self.sigma_n, "filled": self.filled,
-                "pos": self.pos, "capacity": self.capacity, "calls": self.calls,
-                "owed": self.owed}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.capacity, self.filled, self.pos = int(d["capacity"]), int(d["filled"]), int(d["pos"])
-        self.calls, self.owed = int(d.get("calls", 0)), float(d.get("owed", 0.0))
-        self.x, self.level, self.sigma_n = d["x"], d["level"], d["sigma_n"]
-
-
-def refresh_clean_cache(cache: CleanCache, teacher: Denoiser, y: torch.Tensor,
-                        sigma_n: torch.Tensor, cfg: LossConfig) -> None:
-    """Push ``x_c = ODE(y: sigma_n -> c)`` of ``teacher`` (no gradient), ``c = distill_level sigma_n``."""
-    x_c = probability_flow(teacher, y, sigma_n, cfg.distill_steps, min_ratio=cfg.distill_level,
-                           to_zero=False)
-    cache.push(x_c, sigma_n * cfg.distill_level, sigma_n)
-
-
-def distill_term(cache: CleanCache, n: int, cfg: LossConfig, generator=None) -> Term:
-    """Self-distillation below ``sigma_n`` (after SFBD: Lu et al., "Stochastic Forward-Backward
-    Deconvolution", ICML 2025): the teacher's probability-flow ODE carries each observation ``y``
-    from ``sigma_n`` down to a low level ``c`` (``x_c``, cached), and the ambient-Tweedie term,
-    with ``x_c`` as the data and ``c`` as its noise level, trains the levels ``s`` log-uniform on
-    ``(c, sigma_n]``:
-
-        w(s) || r x_s + (1 - r) D(x_s, s) - x_c ||^2,   x_s = x_c + sqrt(s^2 - c^2) z,   r = c^2/s^2.
-
-    With the exact denoisers the ODE carries ``p_{sigma_n}`` (the law of ``y``) to ``p_c``, so ``x_c``
-    is an exact draw at level ``c`` and the term's minimiser is the exact denoiser again: exact
-    denoisers are a fixed point (up to the ODE's discretisation). Stopping at ``c > 0`` instead of
-    integrating into 0 avoids the last step's error, which under-disperses the weakest image
-    modes. The identity is not a fixed point: it leaves ``x_c`` noisy, and the term then pulls
-    ``D`` below ``sigma_n`` toward the denoiser of the noisy images."""
-    x_c, c, sigma_n = cache.draw(n, generator)
-    s = sample_sigma_loguniform(n, c * (1 + 1e-4), sigma_n * cfg.distill_max_ratio,
-                                generator=generator, device=x_c.device).to(x_c.dtype)
-    eta = torch.randn(x_c.shape, generator=generator, device=x_c.device, dtype=x_c.dtype)
-    x_s = renoise(x_c, s, c, eta)
-    one_minus_r = 1 - c**2 / s**2
-    w = edm_weight(s, cfg.sigma_data) / one_minus_r.square().clamp_min(cfg.ambient_weight_floor)
-    return Term(x_s, s, lambda d: _per_sample(w, (tweedie_noisy_mean(x_s, d, s, c) - x_c) ** 2))
-
-
-def anchored_term(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
-                  generator=None, teacher: Denoiser | None = None) -> Term:
-    """Anchored consistency: the exact denoisers satisfy ``E[D(x_s, s) | x_{sigma_n} = y] = D(y, sigma_n)``
-    for every ``s < sigma_n`` when ``x_s`` follows the true reverse kernel from ``y``. With ``K``
-    independent reverse chains from ``y`` to ``s`` (``consistency_chain_steps`` second-order steps,
-    no gradient) and the fixed target ``T = D(y, sigma_n)``, the leave-one-out statistic
-
-        1/(K(K-1)) sum_{i != j} (T - D(x_s^i, s)) . (T - D(x_s^j, s))
-
-    is unbiased for ``||T - E[D(x_s, s) | y]||^2``. Every level is tied to ``sigma_n`` directly, so
-    the identity is not a fixed point; the chains' kernel error biases it on non-Gaussian data
-    (measured in ``benchmarks/consistency_kernels.py``)."""
-    k = cfg.anchored_chains
-    n = y.shape[0]
-    s = sample_sigma_loguniform(n, sigma_n * cfg.consistency_min_ratio, sigma_n,
-                                generator=generator, device=y.device).to(y.dtype)
-    net = teacher if teacher is not None else denoiser
-    with torch.no_grad():
-        target = net(y, sigma_n)
-        rep = lambda t: t.repeat(k, *([1] * (t.ndim - 1)))  # noqa: E731 - K chains, one batch
-        x_s, _ = reverse_chain(net, rep(y), rep(sigma_n), rep(s), cfg.consistency_chain_steps,
-                               generator, order=cfg.consistency_order, first=rep(target))
-    # the residual T - E[D(x_s, s) | y] is on the scale of the posterior std at sigma_n, whatever s:
-    # EDM's weight at s (~1/s^2) would let the lowest levels' noise swamp every other term
-    w = edm_weight(sigma_n, cfg.sigma_data)
-
-    def finish(pred):
-        r = (target[None] - pred.reshape(k, *y.shape)).flatten(2)       # (K, n, d)
-        total = r.sum(0)
-        pair_sum = (total * total).sum(-1) - (r * r).sum((0, 2))      # sum_{i != j} r_i . r_j
-        return w * pair_sum / (k * (k - 1) * r.shape[-1])
-
-    return Term(x_s, rep(s), finish)
-
-
 def diffusion_loss(denoiser: Denoiser, x0: torch.Tensor, cfg: LossConfig,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample denoising score matching loss (one network call)."""
@@ -549,6 +390,8 @@ def sure_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: L
 def consistency_loss(denoiser: Denoiser, y: torch.Tensor, sigma_n: torch.Tensor, cfg: LossConfig,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample consistency loss (see ``consistency_term``)."""
+    from .chain_terms import consistency_term
+
     return evaluate_terms(denoiser, [consistency_term(denoiser, y, sigma_n, cfg, generator)])[0]
 
 
@@ -579,6 +422,8 @@ def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tenso
         terms.append(sure_term(batch[idx], sigma_n[idx], cfg, generator))
         names.append("sure")
     if cfg.objective == "ambient+consistency" and progress >= cfg.consistency_start:
+        from .chain_terms import anchored_term, consistency_term
+
         n_term = max(int(round(cfg.consistency_fraction * batch.shape[0])), 1)
         idx = noisy[:n_term]
         parts = cfg.consistency_variant.split("+")
@@ -590,6 +435,8 @@ def objective_loss(denoiser: Denoiser, batch: torch.Tensor, sigma_n: torch.Tenso
                                        teacher))
             names.append("anchored")
         if idx.numel() > 0 and "distill" in parts:
+            from .distill import CleanCache, distill_term, refresh_clean_cache
+
             if cache is None:  # a one-off call (train() keeps one cache across steps)
                 every = 1
                 cache = CleanCache(max(int(round(cfg.distill_refresh * batch.shape[0])), 1))

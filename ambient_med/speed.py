@@ -13,7 +13,7 @@ on the step and leaves the math alone (``tests/test_speed_options.py`` checks bo
 
 None of them changes what is learned beyond float round-off. Which are on by default is decided by
 ``benchmarks/gpu.py`` (figures in ``benchmarks/results/gpu*``). The consistency pair is not an
-option: ``losses.consistency_term`` always evaluates both chains, and the ambient term, in one
+option: ``chain_terms.consistency_term`` always evaluates both chains, and the ambient term, in one
 batched network call with gradient.
 """
 

@@ -164,7 +164,19 @@ class PixelMixture:
         return self.posterior(x, sigma)[0]
 
 
-class GaussianMixtureField:
+class _ImageMixture:
+    """Shared shape facts of the mixtures of images (weights ``w``, image ``shape``)."""
+
+    @property
+    def n_components(self) -> int:
+        return len(self.w)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+
+class GaussianMixtureField(_ImageMixture):
     """A mixture of stationary Gaussian fields: component ``k`` (weight ``w_k``) is the constant
     image ``mu_k`` plus a periodic stationary field with power spectrum ``P_k`` (DFT-diagonal
     covariance, as in :class:`GaussianField`).
@@ -199,14 +211,6 @@ class GaussianMixtureField:
         self.mu = mu * c
         self.power = torch.stack(powers) * c**2          # (K, *shape), unshifted FFT layout
         self.mean = float((self.w * self.mu).sum())
-
-    @property
-    def n_components(self) -> int:
-        return len(self.w)
-
-    @property
-    def dim(self) -> int:
-        return math.prod(self.shape)
 
     def _fft(self, x):
         return torch.fft.fftn(x.double(), dim=self.dims, norm="ortho")
@@ -285,7 +289,7 @@ class GaussianMixtureField:
 # Small images with exact zeros ("air"): a dense Gaussian mixture with singular covariances
 # --------------------------------------------------------------------------------------------
 
-class DenseGaussianMixture:
+class DenseGaussianMixture(_ImageMixture):
     """``x0 ~ sum_k w_k N(mu_k, C_k)`` on flattened images of ``dim = prod(shape)`` pixels, with
     dense (possibly singular) covariances given by their eigendecompositions ``C_k = V_k diag(l_k) V_k^T``.
     A component with ``C_k = 0`` is a single image (``mu_k``); pixels where every ``C_k`` and ``mu_k``
@@ -318,14 +322,6 @@ class DenseGaussianMixture:
         # round-off of 1e-9 there otherwise)
         self.support = (torch.diagonal(cov, dim1=1, dim2=2) > 0) | (self.mu != 0)
         self.names = tuple(names) if names is not None else tuple(f"c{k}" for k in range(len(self.w)))
-
-    @property
-    def n_components(self) -> int:
-        return len(self.w)
-
-    @property
-    def dim(self) -> int:
-        return math.prod(self.shape)
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], self.dim).double()

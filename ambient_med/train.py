@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .ema import ema_update
 from .errors import AmbientMedError
-from .losses import CleanCache, LossConfig, objective_loss
+from .distill import CleanCache
+from .losses import LossConfig, objective_loss
 from .networks import EDMDenoiser
 from .speed import GuardedCompile, channels_last, gradient_checkpointing, spatial_dims_of
 

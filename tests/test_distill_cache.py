@@ -1,7 +1,8 @@
 """The self-distillation cache: its refresh schedule (``distill_every``) and its checkpoint state."""
 import torch
 
-from ambient_med.losses import CleanCache, LossConfig, objective_loss
+from ambient_med.distill import CleanCache
+from ambient_med.losses import LossConfig, objective_loss
 
 
 class Recorder(torch.nn.Module):
