@@ -83,6 +83,13 @@ def warm_cache(dataset: AtomicPersistentDataset, num_workers: int = 0) -> int:
         indices = indices[r::w]
     subset = torch.utils.data.Subset(dataset, indices)
     loader = torch.utils.data.DataLoader(subset, batch_size=1, num_workers=num_workers, collate_fn=_discard)
-    for _ in loader:
-        pass
+    try:
+        for _ in loader:
+            pass
+    except RuntimeError:
+        # A worker's exception reaches this process as RuntimeError text, losing its type. Redo
+        # the missing items here: a user error (a bad file) then surfaces as itself, one line.
+        for i in indices:
+            dataset[i]
+        raise
     return len(indices)

@@ -51,6 +51,8 @@ def user_errors():
         _fail(str(e))
     except FileExistsError as e:
         _fail(f"{e}; pass --overwrite to replace it")
+    except EOFError as e:   # click would print a bare "Aborted." for it
+        _fail(f"a file ended early: it is truncated ({e or 'end of file'})")
     except OSError as e:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         _fail(f"{where}{e.strerror or e}")
@@ -258,8 +260,8 @@ def recon(
 @app.command()
 def audit(
     prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
-    data: Path = typer.Option(..., "--data", "-d", help="Training images, .npy (N, [C,] *spatial) in data units."),
-    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out images of the same kind (.npy), for the reconstruction attack."),
+    data: Path = typer.Option(..., "--data", "-d", help="Training images in data units: .npy (N, [C,] *spatial), a TIFF stack, a folder of frames or a NIfTI volume."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Held-out images of the same kind (same formats), for the reconstruction attack."),
     n_samples: int = typer.Option(64, "--n-samples", min=1, help="Prior samples for the nearest-neighbour check."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (default: calibrated)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON report here (default: print it)."),

@@ -46,6 +46,9 @@ from ambient_med.transforms import (
 )
 
 STAT_ITEMS = 16
+# Random-patch training: an epoch draws at least this many patches (ModelSpaceSet), so that
+# one volume or one large image fills batches like a folder of images does.
+MIN_EPOCH_DRAWS = 256
 # ESPIRiT on more coils is slow (about C^3); compress whitened k-space to this many virtual coils.
 VIRTUAL_COILS = 8
 KINDS = ("complex", "magnitude", "intensity")
@@ -128,23 +131,37 @@ class ModelSpaceSet(torch.utils.data.Dataset):
     """The training set: cached preprocessing (``data``), then the cheap per-draw stage
     (``post``: crop, scale to model space, random patch).
 
-    ``dataset[i]`` is item ``i`` with the patch of :func:`~ambient_med.transforms.patch_seed`
+    ``dataset[i]`` is draw ``i`` with the patch of :func:`~ambient_med.transforms.patch_seed`
     ``(0, 0, i)``; ``dataset[DrawKey(i, epoch, seed)]`` (what ``train``'s sampler asks for, see
     ``keyed_draws``) the patch of ``(seed, epoch, i)``. Random patches are therefore a pure
-    function of (seed, epoch, item): the same in every process and DataLoader worker, and the
-    same after ``--resume`` as in the run that was never stopped."""
+    function of (seed, epoch, draw): the same in every process and DataLoader worker, and the
+    same after ``--resume`` as in the run that was never stopped.
+
+    With random patches an epoch is a number of patch draws, not a number of images: draw ``i``
+    cuts a patch of item ``i mod n``, and an epoch holds ``draws_per_epoch`` draws, at least
+    ``MIN_EPOCH_DRAWS`` and a whole number of passes over the items. One large volume or image
+    then trains like a folder of them (every step sees fresh patches of it); with many items an
+    epoch is one pass, as before."""
 
     keyed_draws = True
 
     def __init__(self, data, post: Compose, patcher: RandPatchd | None = None):
         self.data, self.post, self.patcher = data, post, patcher
+        n = len(data)
+        self.passes = max(1, -(-MIN_EPOCH_DRAWS // n)) if patcher is not None and n > 0 else 1
+
+    @property
+    def n_items(self) -> int:
+        return len(self.data)
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.data) * self.passes
 
     def __getitem__(self, key):
         index, epoch, seed = key if isinstance(key, tuple) else (int(key), 0, 0)
-        d = self.post(self.data[int(index)])
+        if not 0 <= int(index) < len(self):
+            raise IndexError(f"draw {index} out of range ({len(self)} draws per epoch)")
+        d = self.post(self.data[int(index) % len(self.data)])
         if self.patcher is not None:
             d = self.patcher.draw(d, patch_seed(seed, epoch, index))
         return {k: d[k] for k in ("image", "sigma_n")}
@@ -214,6 +231,9 @@ class StabiliseNoised(MapTransform):
 
 STABILISED_MODELS = ("poisson-gaussian", "rician", "noncentral-chi")
 PG_STAT_ITEMS = 16
+# Random-patch training: an epoch draws at least this many patches (ModelSpaceSet), so that
+# one volume or one large image fills batches like a folder of images does.
+MIN_EPOCH_DRAWS = 256
 
 
 def is_microscopy(src) -> bool:
@@ -233,7 +253,11 @@ def fit_noise_model(src, path: Path, model_name: str, n_coils: int | None, sigma
             raise ConfigError(f"{path}: noise_model poisson-gaussian fits the gain a and read noise b "
                               "from the data: pass --sigma-n auto (or --noise-model gaussian with a number)")
         idx = np.unique(np.linspace(0, len(src) - 1, min(PG_STAT_ITEMS, len(src))).round().astype(int))
-        frames = np.stack([src.read(int(i)) for i in idx])
+        frames = [src.read(int(i)) for i in idx]
+        common = tuple(min(f.shape[d] for f in frames) for d in range(frames[0].ndim))
+        # frames of different sizes (a folder of frames): the fit needs one array, so the centres
+        frames = np.stack([f[tuple(slice((n - c) // 2, (n - c) // 2 + c) for n, c in zip(f.shape, common))]
+                           for f in frames])
         try:
             return noise.PoissonGaussian.estimate(frames)
         except NoiseEstimateError as e:

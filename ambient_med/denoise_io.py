@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, NoiseEstimateError
 
 SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".h5", ".hdf5")
 
@@ -55,9 +55,7 @@ def read_image(path: Path) -> tuple[np.ndarray, dict]:
         raise DataError(path, f"unsupported format {suf or '(no suffix)'}; use one of {', '.join(SUFFIXES)}")
     try:
         if suf in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path)), {}
+            return _read_tiff(path), {}
         if suf in (".nii", ".nii.gz"):
             import nibabel as nib
 
@@ -77,6 +75,22 @@ def read_image(path: Path) -> tuple[np.ndarray, dict]:
         raise
     except Exception as e:  # each reader raises its own types for corrupt files
         raise DataError(path, f"is not a readable {suf} file ({str(e).splitlines()[0]})") from None
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """The first series of a TIFF; RGB samples (axis ``S``) as one grey channel, or refused
+    (:func:`~ambient_med.io.microscopy.one_channel_of_rgb`)."""
+    import tifffile
+
+    from .io.microscopy import _quiet_tifffile, one_channel_of_rgb
+
+    with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
+        if not tf.series:
+            raise DataError(path, "TIFF holds no image series")
+        axes, x = tf.series[0].axes, np.asarray(tf.series[0].asarray())
+    if "S" in axes and x.shape[axes.index("S")] > 1:
+        x = one_channel_of_rgb(path, x, axes.index("S"), f"axes {axes!r}, shape {x.shape}")
+    return x
 
 
 def write_image(path: Path, x: np.ndarray, meta: dict) -> Path:
@@ -134,6 +148,12 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     from .utils import resolve_device
 
     input, out = Path(input), Path(out)
+    if input.is_dir():
+        raise DataError(input, f"is a folder; denoise takes one image file ({', '.join(SUFFIXES)})")
+    if not input.is_file():
+        raise DataError(input, "does not exist")
+    if _suffix(input) not in SUFFIXES:
+        raise DataError(input, f"unsupported format {_suffix(input) or '(no suffix)'}; use one of {', '.join(SUFFIXES)}")
     if _suffix(out) not in SUFFIXES:
         raise ConfigError(f"--out {out}: unsupported format; use one of {', '.join(SUFFIXES)}")
     if _suffix(out) != _suffix(input):
@@ -154,18 +174,20 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     x = to_batch(input, arr, meta.spatial_dims, meta.channels).to(prior.device)
     try:
         model = prior.input_noise(x, sigma if isinstance(sigma, str) else float(sigma))
+        if model is None:   # Gaussian prior: the noise std in data units
+            from .noise import Gaussian
+
+            model = Gaussian.estimate(x.cpu().numpy(), axes=tuple(range(2, x.ndim))) if sigma == "auto" \
+                else Gaussian(float(sigma))
+            z, s_data = x, float(model.sigma)
+            inv_mean = inv_sample = _identity
+        else:
+            z, s_data = model.stabilise(x), 1.0
+            inv_mean, inv_sample = model.invert_mean, model.invert_sample
+    except NoiseEstimateError as e:
+        raise NoiseEstimateError(f"{input}: {e}") from None
     except ValueError as e:
         raise ConfigError(f"--sigma: {e}") from None
-    if model is None:   # Gaussian prior: the noise std in data units
-        from .noise import Gaussian
-
-        model = Gaussian.estimate(x.cpu().numpy(), axes=tuple(range(2, x.ndim))) if sigma == "auto" \
-            else Gaussian(float(sigma))
-        z, s_data = x, float(model.sigma)
-        inv_mean = inv_sample = _identity
-    else:
-        z, s_data = model.stabilise(x), 1.0
-        inv_mean, inv_sample = model.invert_mean, model.invert_sample
     zm, sm = prior.to_model(z), float(prior.sigma_to_model(s_data))
     patch = tile or max(meta.training.get("image_shape", [0]) or [0]) or max(x.shape[2:])
     overlap = patch // 4

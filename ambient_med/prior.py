@@ -117,9 +117,13 @@ class AmbientPrior:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "AmbientPrior":
+        """A prior from its ``.safetensors`` file or the run folder ``train`` wrote it in. The
+        file is data: weights and JSON metadata, never unpickled code."""
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
+        if path.is_dir():                      # a run folder: the prior ``train`` wrote in it
+            path = path / "prior.safetensors"
         if not path.is_file():
             raise DataError(path, "prior file not found")
         try:

@@ -21,7 +21,8 @@ class TrainProgress:
                                    TimeRemainingColumn)
 
         console = Console(stderr=True)
-        Console(highlight=False).print(f"[bold]{protocol.name}[/]: {len(info.files)} file(s), {info.kind} "
+        Console(highlight=False).print(f"[bold]{protocol.name}[/]: {len(info.files)} file(s), "
+                      f"{info.n_items} {'volume' if info.spatial_dims == 3 else 'image'}(s), {info.kind} "
                       f"{list(info.shape)} x {info.channels} ch; sigma_n = {info.sigma_n_data:.4g} "
                       f"(data) = {info.sigma_n_model:.4g} (model), {info.noise_method}"
                       + (f" +/- {100 * info.noise_uncertainty:.1f}%" if info.noise_uncertainty else ""))

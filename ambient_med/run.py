@@ -258,7 +258,9 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
     probe_first_item(dataset, info)
     if len(dataset) < proto.train.batch_size * world:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one batch "
-                          f"({proto.train.batch_size} x {world} processes); lower --batch-size")
+                          f"({proto.train.batch_size} x {world} processes), and the protocol trains on "
+                          "whole images (data.patch_size: null); lower --batch-size, or set "
+                          "data.patch_size to train on random patches of them")
     # Identical initial weights on every rank: DDP broadcasts rank 0's parameters, but train()
     # copies the EMA before wrapping the model, so the ranks must start equal already.
     torch.manual_seed(proto.train.seed)

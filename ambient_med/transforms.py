@@ -27,6 +27,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from ambient_med import noise
+from ambient_med.errors import NoiseEstimateError
 from ambient_med.mri.coils import (
     coil_combine, compress_coils, espirit_maps, maps_cover_fov, whiten, whitening_matrix,
 )
@@ -81,6 +82,7 @@ class LoadSliced(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             src = self.loader.source(d[key])
+            d.setdefault("file", str(d[key]))
             d[key] = src.read(int(d.get(self.index_key, 0)))
             d["kind"] = src.kind
         return d
@@ -122,7 +124,11 @@ class WhitenCoilNoised(MapTransform):
             d.setdefault("noise_uncertainty", 0.0)
             return d
         for key in self.key_iterator(d):
-            d[key] = self.whitener(d[key])
+            try:
+                d[key] = self.whitener(d[key])
+            except NoiseEstimateError as e:   # name the file and slice, as every data error does
+                where = f"{d['file']}: slice {d.get('index', 0)}: " if d.get("file") else ""
+                raise NoiseEstimateError(f"{where}{e}") from None
             est = self.whitener.last_estimate
             d[self.sigma_key] = self.whitener.sigma_after(est.covariance)
             d["noise_method"], d["noise_uncertainty"] = est.method, est.uncertainty

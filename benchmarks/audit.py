@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mri_recon import (MARKER, MNI, RESULTS, mni_slices, smooth_phase, intensity_scale,  # noqa: E402
                        sigma_at_snr, train_priors)
 
-from ambient_med.audit import attack_error, audit, nearest_correlation  # noqa: E402
+from ambient_med.audit import attack_error, audit, audit_space, nearest_correlation  # noqa: E402
 
 OBJECTIVES = ("clean", "ambient+consistency")
 
@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
     order = first + [i for i in range(len(train_idx)) if i not in first]
     train_t, noisy_t, control_t = to_tensor(x_tr[order]), to_tensor(y_tr[order]), to_tensor(x_ct)
     any_prior = next(iter(priors.values()))
-    control_rho = nearest_correlation(any_prior, control_t, train_t)
+    control_rho = nearest_correlation(audit_space(any_prior, control_t), audit_space(any_prior, train_t))
     q = [0.5, 0.9, 0.99, 1.0]
     report = {"control_heldout_images": {
         "share_rho_gt_0.95": float((control_rho > 0.95).double().mean()),
@@ -156,10 +156,11 @@ def main(argv=None) -> dict:
         attacks = {}
         for level in args.attack_sigma:
             g = torch.Generator(device=prior.device).manual_seed(args.seed + 17)
-            s_a = level * prior.metadata.sigma_data * prior.metadata.scale
-            tr = attack_error(prior, train_t[:args.n_attack], s_a, g)
-            ho = attack_error(prior, control_t[:args.n_attack], s_a, g)
-            attacks[str(level)] = {"sigma_data_units": s_a, "train_error": float(tr.mean()),
+            s_a = level * prior.metadata.sigma_data                     # model space
+            tr = attack_error(prior, audit_space(prior, train_t[:args.n_attack]), s_a, g)
+            ho = attack_error(prior, audit_space(prior, control_t[:args.n_attack]), s_a, g)
+            attacks[str(level)] = {"sigma_data_units": s_a * prior.metadata.scale,
+                                   "train_error": float(tr.mean()),
                                    "heldout_error": float(ho.mean()),
                                    "train_over_heldout": float(tr.mean() / ho.mean())}
         rep["attack_levels"] = attacks
@@ -167,9 +168,9 @@ def main(argv=None) -> dict:
         g = torch.Generator(device=prior.device).manual_seed(args.seed)
         samples = prior.sample(args.n_samples, steps=args.sample_steps, shape=(args.size, args.size),
                                generator=g).cpu()
-        rho_c = nearest_correlation(prior, samples, train_t)
+        rho_c = nearest_correlation(prior.to_model(samples), audit_space(prior, train_t))
         if obj != "clean":
-            rho_n = nearest_correlation(prior, samples, noisy_t)
+            rho_n = nearest_correlation(prior.to_model(samples), audit_space(prior, noisy_t))
             rep["vs_noisy_training_images"] = {"share_rho_gt_0.95": float((rho_n > 0.95).double().mean()),
                                                "share_rho_gt_0.9": float((rho_n > 0.9).double().mean()),
                                                "nearest_rho_mean": float(rho_n.mean())}

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from ambient_med.audit import audit, nearest_correlation
+from ambient_med.audit import audit, audit_space, nearest_correlation
 from ambient_med.networks import EDMDenoiser, NetworkConfig
 from ambient_med.prior import AmbientPrior, PriorMetadata
 
@@ -28,7 +28,8 @@ def _prior():
 def test_nearest_correlation_flags_copies_and_audit_report(tmp_path):
     prior = _prior()
     train = torch.randn(12, 1, 16, 16, dtype=torch.complex64)
-    rho = nearest_correlation(prior, torch.cat([train[:3] * 5.0, -train[3:4]]), train)
+    rho = nearest_correlation(audit_space(prior, torch.cat([train[:3] * 5.0, -train[3:4]])),
+                              audit_space(prior, train))
     torch.testing.assert_close(rho[:3], torch.ones(3, dtype=torch.float64))   # scale-invariant
     assert rho[3] < 0.5                                                      # sign matters
     r = audit(prior, train, heldout=torch.randn(4, 1, 16, 16, dtype=torch.complex64),

@@ -75,3 +75,21 @@ def test_workers_draw_distinct_offsets_that_any_process_reproduces(tmp_path):
     assert torch.equal(here, torch.cat(batches))             # the same patches in this process
     assert torch.equal(ds[DrawKey(2, 5, 3)]["image"], ds[DrawKey(2, 5, 3)]["image"])
     assert not torch.equal(ds[DrawKey(2, 5, 3)]["image"], ds[DrawKey(2, 6, 3)]["image"])
+
+
+def test_one_image_fills_an_epoch_of_distinct_patches(tmp_path):
+    """An epoch is a number of patch draws: one image gives MIN_EPOCH_DRAWS draws of distinct
+    patches, seeded by (seed, epoch, draw), not one item repeated."""
+    from ambient_med.datasets import MIN_EPOCH_DRAWS, DrawKey, build_training_set
+    img = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) + 1
+    np.save(tmp_path / "one.npy", img)
+    ds, info = build_training_set([tmp_path / "one.npy"], sigma_n=0.0, patch_size=(8, 8))
+    assert info.n_items == 1 and len(ds) == MIN_EPOCH_DRAWS
+    corners = [float(ds[DrawKey(i, 0, 7)]["image"][0, 0, 0]) for i in range(64)]
+    assert len(set(corners)) > 48                              # 57^2 offsets: few repeats
+    assert torch.equal(ds[DrawKey(63, 1, 7)]["image"], ds[DrawKey(63, 1, 7)]["image"])
+    with pytest.raises(IndexError):
+        ds[DrawKey(len(ds), 0, 7)]
+    # whole images (no patches): one pass over the items is an epoch, as before
+    whole, _ = build_training_set([tmp_path / "one.npy"], sigma_n=0.0)
+    assert len(whole) == 1

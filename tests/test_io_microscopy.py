@@ -94,7 +94,8 @@ def test_png_frame_folder_and_discover(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", _arr(3, 8, 8), photometric="minisblack")
     found = discover(tmp_path)
     assert found == sorted([frames, tmp_path / "stack.tif"])
-    # a frame of another size is refused, naming it
+    # a frame of another size is its own 2D item; a 3D volume of them is refused, naming it
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(frames / "cap_999.png")
+    assert open_source(frames).read(4).shape == (1, 5, 5)
     with pytest.raises(DataError, match=r"cap_999\.png: frame has shape \(5, 5\)"):
-        open_source(frames).read(4)
+        open_source(frames, spatial_dims=3).read(0)

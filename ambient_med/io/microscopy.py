@@ -41,6 +41,41 @@ def _finite(path, x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
+def _quiet_tifffile():
+    """tifffile logs what it finds wrong in a corrupt file before raising; the reader's own
+    one-line error says it, so the log would be a second line."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def quiet():
+        log = logging.getLogger("tifffile")
+        level, log.level = log.level, logging.CRITICAL
+        try:
+            yield
+        finally:
+            log.setLevel(level)
+    return quiet()
+
+
+def one_channel_of_rgb(path, x: np.ndarray, axis: int, found: str) -> np.ndarray:
+    """An RGB(A) image as one grey channel, or a one-line ``DataError``.
+
+    Grey images saved as RGB (equal R, G, B; alpha ignored) are read as their first channel.
+    True colour is refused: a colour camera's demosaicing correlates neighbouring pixels and its
+    channels differ in gain, and a rendered merge is no longer counts, so the Poisson-Gaussian
+    model the package fits would not hold. The message names the axes and how to pick a channel."""
+    rgb = np.take(x, range(min(3, x.shape[axis])), axis=axis)
+    first = np.take(rgb, [0], axis=axis)
+    if np.array_equal(rgb, np.broadcast_to(first, rgb.shape)):
+        return np.take(x, 0, axis=axis)
+    name = Path(path).name
+    pick = "[..., 0]" if axis in (-1, x.ndim - 1) else f" (channel axis {axis})"
+    raise DataError(path, f"is an RGB colour image ({found}); the noise models need one channel of raw "
+                          f"intensities: save the channel to denoise as its own file, e.g. "
+                          f"tifffile.imwrite('red.tif', tifffile.imread('{name}'){pick})")
+
+
 def canonical_axes(path, axes: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
     """Drop singleton axes; map unnamed page axes (``I``, ``Q``) to ``Z``; check the layout.
 
@@ -125,7 +160,7 @@ class TiffSource(PlaneStack):
 
         self.path = Path(path)
         try:
-            with tifffile.TiffFile(self.path) as tf:
+            with _quiet_tifffile(), tifffile.TiffFile(self.path) as tf:
                 if not tf.series:
                     raise DataError(self.path, "TIFF holds no image series")
                 s = tf.series[0]
@@ -138,6 +173,10 @@ class TiffSource(PlaneStack):
             raise DataError(self.path, f"is not a readable TIFF file ({e})") from None
         if data.dtype.kind not in "fiub":
             raise DataError(self.path, f"has dtype {data.dtype}; expected real numbers")
+        if "S" in self.file_axes and shape[self.file_axes.index("S")] > 1:
+            data = one_channel_of_rgb(self.path, data, self.file_axes.index("S"),
+                                      f"axes {self.file_axes!r}, shape {shape}")
+            self.file_axes, shape = self.file_axes.replace("S", ""), data.shape
         self.axes_inferred = not meta or any(a in "IQ" for a in self.file_axes if shape[self.file_axes.index(a)] > 1)
         self.axes, order = canonical_axes(self.path, self.file_axes, shape)
         sq = data.reshape([n for a, n in zip(self.file_axes, shape) if n > 1 or a in "YX"])
@@ -163,7 +202,7 @@ def _read_frame(path: Path) -> np.ndarray:
     except Exception as e:
         raise DataError(path, f"is not a readable image frame ({e})") from None
     if x.ndim == 3 and x.shape[-1] in (3, 4):
-        x = np.moveaxis(x, -1, 0)                                     # YXS -> CYX
+        x = one_channel_of_rgb(path, x, -1, f"axes 'YXS', shape {x.shape}")
     elif x.ndim != 2:
         raise DataError(path, f"frame has shape {x.shape}; expected a 2D image (H, W) or RGB (H, W, 3|4)")
     return x
@@ -179,7 +218,8 @@ def frame_files(folder: Path) -> list[Path]:
 class FrameFolderSource(PlaneStack):
     """A folder of 2D frames (PNG via Pillow, or TIFF), sorted by name, as a ``Z`` stack (or
     the pages of a time series: the 2D items are the frames either way; 3D gives one volume).
-    Frames are read one at a time; all must share shape and channel count."""
+    Frames are read one at a time. As 2D items they may differ in size (each item is one frame;
+    training draws patches or crops to a common size); a 3D volume needs one frame size."""
 
     def __init__(self, folder: str | Path, spatial_dims: int = 2):
         self.path = Path(folder)
@@ -194,9 +234,9 @@ class FrameFolderSource(PlaneStack):
         self.shape = ((len(self.files),) if len(self.files) > 1 else ()) + first.shape
         self._setup(spatial_dims)
 
-    def _frame(self, i: int) -> np.ndarray:
+    def _frame(self, i: int, stacked: bool = True) -> np.ndarray:
         x = _read_frame(self.files[i])
-        if x.shape != self.frame_shape:
+        if stacked and x.shape != self.frame_shape:
             raise DataError(self.files[i], f"frame has shape {x.shape}; the folder's first frame "
                                            f"{self.files[0].name} has {self.frame_shape}")
         return x
@@ -207,4 +247,4 @@ class FrameFolderSource(PlaneStack):
             return np.stack(frames) if "Z" in self.axes else frames[0]
         if isinstance(sel[0], slice):                                   # 3D: the whole stack
             return np.stack([self._frame(i) for i in range(len(self.files))[sel[0]]])[(slice(None), *sel[1:])]
-        return self._frame(sel[0])[sel[1:]]
+        return self._frame(sel[0], stacked=False)[sel[1:]]

@@ -10,6 +10,7 @@ array in Fortran (column-major) order.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -130,12 +131,19 @@ class ArraySource:
 
     def read(self, index: int) -> np.ndarray:
         idx = np.unravel_index(index, self.lead) if self.lead else ()
-        x = np.asarray(self.array[tuple(int(i) for i in idx)])
+        x = self._load(tuple(int(i) for i in idx))
         dtype = np.complex64 if self.kind == "complex" else np.float32
         return _check_finite(self.path, x.astype(dtype)[None], f"item {index}")
 
     def read_volume(self) -> np.ndarray:
-        return _check_finite(self.path, np.asarray(self.array[...]), "volume")
+        return _check_finite(self.path, self._load(...), "volume")
+
+    def _load(self, sel) -> np.ndarray:
+        """Read lazily stored data; a truncated or corrupt file fails here, not on opening."""
+        try:
+            return np.asarray(self.array[sel])
+        except (EOFError, OSError, ValueError, zlib.error) as e:
+            raise DataError(self.path, f"is truncated or corrupt: reading its data failed ({e})") from None
 
 
 class _NiftiView:

@@ -159,6 +159,10 @@ def from_kspace(kspace: np.ndarray, fraction: float = 0.125, trim: float = 5.0) 
         raise NoiseEstimateError(
             f"only {m} non-zero samples in the outer k-space corners (fraction {fraction}); "
             "too few for a noise estimate (is the data heavily undersampled or cropped?)")
+    if any(np.all(s == s[0]) for s in samples):
+        raise NoiseEstimateError(
+            "the outer k-space corners hold one constant value in a coil: no noise to measure "
+            "(synthetic or processed k-space?); pass --sigma-n with the noise std")
     sig_c = np.array([mad_sigma(np.concatenate([s.real, s.imag])) for s in samples])
     sigma = float(np.sqrt(np.mean(sig_c**2)))
     _check_not_roundoff(float(np.min(sig_c)), float(np.max(np.abs(k))), "k-space corners")

@@ -71,6 +71,9 @@ def read_undersampled(path: str | Path, mask_path: str | Path | None = None
                                   path.with_suffix(".cfl").exists()):
         raise DataError(path, "does not exist")
     hmask = None
+    if path.is_dir() or path.name.lower().endswith((".tif", ".tiff", ".png", ".nii", ".nii.gz", ".npy")):
+        raise DataError(path, "holds images, not k-space: recon reads undersampled k-space (fastMRI-style "
+                              ".h5 with 'kspace', or BART .cfl); to denoise an image use 'ambient-med denoise'")
     if path.suffix in (".cfl", ".hdr"):
         from ambient_med.io.volumes import CflSource
 

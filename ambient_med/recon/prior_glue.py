@@ -116,6 +116,8 @@ def estimate_kspace_sigma(kspace, mask=None, edge_fraction: float = 0.25) -> flo
         raise NoiseEstimateError(f"only {v.numel()} acquired samples at the readout edges; too few "
                                  "for a noise estimate: give sigma explicitly")
     sigma = mad_sigma(torch.cat([v.real, v.imag]).numpy())
+    if bool((v == v[0]).all()):   # one value repeated: pooling re and im would fake a spread
+        sigma = 0.0
     if not np.isfinite(sigma) or sigma <= 0:
         raise NoiseEstimateError("the acquired k-space edges are noise-free (sigma 0): "
                                  "give sigma explicitly")
