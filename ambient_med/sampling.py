@@ -118,17 +118,28 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
 @torch.no_grad()
 def sample_ancestral(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                      order: int = 2, generator: torch.Generator | None = None,
-                     callback: Callback = None) -> torch.Tensor:
+                     callback: Callback = None, antithetic: bool = False) -> torch.Tensor:
     """The stochastic reverse chain through ``sigmas`` (``reverse.ancestral_step``): second order
     (``order=2``, DPM-Solver++(2M) SDE) or DDPM's first-order step; a final ``b = 0`` returns
-    ``D(x_a, a)``."""
+    ``D(x_a, a)``.
+
+    ``antithetic``: the second half of the batch gets the negated step noise of the first half
+    (antithetic variates; start it at ``-x`` of the first half too). Each row is still a chain of
+    the same law, but a pair's average cancels the noise to first order: exactly, for an affine
+    denoiser, so a Gaussian posterior's mean comes out of one pair."""
     if order not in (1, 2):
         raise ValueError("order must be 1 or 2")
+    if antithetic and x.shape[0] % 2:
+        raise ValueError(f"antithetic chains come in pairs: the batch {x.shape[0]} is odd")
     memory = None
     for i in range(len(sigmas) - 1):
         a, b = as_sigma(sigmas[i], x), as_sigma(sigmas[i + 1], x)
         denoised = _call(denoiser, x, a)
-        xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if antithetic:
+            xi = torch.randn((x.shape[0] // 2, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+            xi = torch.cat([xi, -xi])
+        else:
+            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = ancestral_step(x, denoised, a, b, xi, memory if order == 2 else None)
         memory = ReverseMemory(denoised, a)
         if callback is not None:

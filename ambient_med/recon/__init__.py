@@ -9,6 +9,7 @@ from ambient_med.recon.conditional import (
     tweedie_denoiser,
     white_gamma,
 )
+from ambient_med.recon.gaussian import StationaryGaussian
 from ambient_med.recon.operators import (
     adjoint_mismatch,
     complex_to_real,
@@ -20,4 +21,5 @@ from ambient_med.recon.samplers import RECON_STEPS, sample_dc, sample_dps
 __all__ = [
     "cg", "CallCounter", "dc_denoiser", "tweedie_denoiser", "white_gamma", "adjoint_mismatch",
     "complex_to_real", "dense_matrix", "matrix_operator", "RECON_STEPS", "sample_dc", "sample_dps",
+    "StationaryGaussian",
 ]
