@@ -173,8 +173,9 @@ class PairedPatches(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         index, epoch, seed = key if isinstance(key, tuple) else (int(key), 0, 0)
-        d = self.noisy.post(self.noisy.data[int(index)])
-        d = self.patcher.draw({"image": d["image"], "clean": self.clean[int(index)]},
+        item = int(index) % len(self.noisy.data)      # draws cycle over the items (ModelSpaceSet)
+        d = self.noisy.post(self.noisy.data[item])
+        d = self.patcher.draw({"image": d["image"], "clean": self.clean[item]},
                               patch_seed(seed, epoch, index))
         return {"image": d["image"], "clean": d["clean"], "sigma_n": self.sigma_n}
 
@@ -301,18 +302,10 @@ def reference_fit(stack: np.ndarray) -> PoissonGaussian:
 
 
 # ----------------------------------------------------------------------------------- main
-def main():
-    args = parse()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.diagnose:
-        return diagnose(args)
-    t_start = time.perf_counter()
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+def training_setup(args, log) -> dict:
+    """The training set (the package's pipeline on the raw captures of the training fields), the
+    clean targets of the oracles, the network, train and loss settings shared by every method."""
     times = {}
-
     # ---- training set: the package's pipeline on the raw captures of the training fields
     folders = [args.data / "raw" / str(f) for f in args.train_fields]
     t = time.perf_counter()
@@ -346,6 +339,28 @@ def main():
         noise_model="poisson-gaussian", noise=info.noise,
         training={"image_shape": [args.patch, args.patch], "steps": args.steps, "objective": obj,
                   "protocol": "benchmarks/fmd.py", "files": len(folders), "items": info.n_items})
+
+    return {"ds": ds, "info": info, "paired": paired, "net_cfg": net_cfg, "tcfg": tcfg,
+            "base_loss": base_loss, "meta": meta, "scale": scale, "sn": sn, "folders": folders,
+            "times": times}
+
+
+def main():
+    args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.diagnose:
+        return diagnose(args)
+    t_start = time.perf_counter()
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    times = {}
+
+    setup = training_setup(args, log)
+    times.update(setup.pop("times"))
+    ds, info, paired, net_cfg, tcfg, base_loss, meta, scale, sn, folders = (setup[k] for k in (
+        "ds", "info", "paired", "net_cfg", "tcfg", "base_loss", "meta", "scale", "sn", "folders"))
 
     nets, train_s = {}, {}
     for method in args.methods:
