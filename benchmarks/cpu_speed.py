@@ -4,9 +4,9 @@ For each protocol network (``demo``, ``microscopy-2d``, ``fastmri-knee-multicoil
 batch, the time of one training step of the network: a denoising loss at a random EDM noise level,
 backward, Adam, EMA (the network is what a CPU step spends its time on: the objective adds
 elementwise work and, below ``sigma_n``, calls of the same network). Options, each against the
-protocol's network at 2 threads (``baseline``):
+protocol's network at ``--threads`` intra-op threads (``baseline``, default 1) and one inter-op thread:
 
-- ``threads=1``: one intra-op thread (``torch.set_num_threads``), one inter-op thread;
+- ``threads=2``: two intra-op threads (``torch.set_num_threads``);
 - ``channels_last``: NHWC weights and activations (``train.channels_last``);
 - ``bf16``: bf16 autocast on the CPU around forward and loss;
 - ``compile``: ``torch.compile`` (inductor, CPU), timed after its compile, which is reported;
@@ -43,7 +43,7 @@ from ambient_med.networks import EDMDenoiser, NetworkConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 # protocol -> (channels, image size, CPU batch): the knee protocol's complex images are 2 channels
 PROTOCOLS = {"demo": (2, 32, 12), "microscopy-2d": (1, 64, 8), "fastmri-knee-multicoil": (2, 128, 4)}
-OPTIONS = ("baseline", "threads=1", "channels_last", "bf16", "compile", "no attention", "cpu")
+OPTIONS = ("baseline", "threads=2", "channels_last", "bf16", "compile", "no attention", "cpu")
 
 
 def network(protocol: str, option: str) -> NetworkConfig:
@@ -60,7 +60,7 @@ def network(protocol: str, option: str) -> NetworkConfig:
 
 def step_time(protocol: str, option: str, steps: int, warmup: int, threads: int) -> dict:
     channels, size, batch = PROTOCOLS[protocol]
-    torch.set_num_threads(1 if option == "threads=1" else threads)
+    torch.set_num_threads(2 if option == "threads=2" else threads)
     torch.manual_seed(0)
     model = EDMDenoiser(network(protocol, option))
     params = sum(p.numel() for p in model.parameters())
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
     p.add_argument("--options", nargs="+", default=list(OPTIONS))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="demo network only, 2 steps: checks the path")
     p.add_argument("--quality", action="store_true", help="also the PSNR after equal steps on FMD")
     p.add_argument("--quality-steps", type=int, default=150)
