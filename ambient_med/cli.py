@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import AmbientMedError
+from .errors import AmbientMedError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train diffusion priors of clean images from noisy MRI and microscopy data.")
@@ -122,15 +122,19 @@ def estimate_noise(
     data: List[str] = typer.Argument(..., help="Files, folders or glob patterns."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
     n_coils: Optional[int] = typer.Option(None, "--n-coils", help="Receive coils N of magnitude (sum-of-squares) data (default: the file's, else 1: Rician)."),
-    noise_model: str = typer.Option("auto", "--noise-model", help="auto | gaussian | rician | noncentral-chi"),
+    noise_model: str = typer.Option("auto", "--noise-model", help="auto (Poisson-Gaussian for TIFF stacks and frame folders, as train chooses) | gaussian | poisson-gaussian | rician | noncentral-chi"),
     noise_estimator: str = typer.Option("auto", "--noise-estimator", help=ESTIMATOR_HELP + "."),
 ):
-    """Estimate sigma_n (std per real channel, data units) of each file and say how."""
-    from .io.discover import discover
+    """Estimate the noise of each file with the model train will use, and say how."""
+    from .io.discover import discover, open_source
     from .noise import estimate_noise_file
 
     with user_errors():
         for path in discover(data):
+            src = open_source(path)
+            if noise_model == "poisson-gaussian" or (noise_model == "auto" and _is_microscopy(src)):
+                _echo_poisson_gaussian(path, src, as_json)
+                continue
             est = estimate_noise_file(path, n_coils=n_coils, noise_model=noise_model, estimator=noise_estimator)
             if as_json:
                 typer.echo(json.dumps({"file": str(path), "sigma": est.sigma, "method": est.method,
@@ -140,6 +144,38 @@ def estimate_noise(
             else:
                 typer.echo(f"{path}: sigma_n = {est.sigma:.6g} (+/- {100 * est.uncertainty:.1f}%, "
                            f"{est.method}, noise model {est.details.get('noise_model')})")
+
+
+def _is_microscopy(src) -> bool:
+    from .datasets import is_microscopy
+
+    return is_microscopy(src)
+
+
+def _echo_poisson_gaussian(path, src, as_json: bool) -> None:
+    """The Poisson-Gaussian fit ``train`` makes (``datasets.fit_noise_model``), in a
+    microscopist's units: gain in counts per photon, read noise in counts, photons at the median."""
+    import numpy as np
+
+    from .datasets import fit_noise_model
+
+    if src.kind != "intensity":
+        raise ConfigError(f"{path}: noise model poisson-gaussian is for intensity data (microscopy); "
+                          f"this file holds {src.kind} data")
+    m = fit_noise_model(src, path, "poisson-gaussian", None, "auto")
+    idx = np.unique(np.linspace(0, len(src) - 1, min(16, len(src))).round().astype(int))
+    median = float(np.median(np.concatenate([src.read(int(i)).ravel() for i in idx])))
+    photons = (median - m.mu) / m.a
+    d = {"file": str(path), "noise_model": "poisson-gaussian", "frames": len(src), "a": m.a, "b": m.b,
+         "mu": m.mu, "read_noise_counts": float(np.sqrt(m.b)), "median_counts": median,
+         "photons_at_median": photons, "method": m.details.get("method")}
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    typer.echo(f"{path}: noise model poisson-gaussian, {len(src)} frame(s): gain a = {m.a:.4g} counts per "
+               f"photon, read noise {np.sqrt(m.b):.4g} counts (offset {m.mu:.4g}); median intensity "
+               f"{median:.4g} counts = {photons:.3g} photons. train stabilises it (generalised Anscombe) "
+               f"to noise of std 1, the sigma_n = 1 it reports")
 
 
 # ------------------------------------------------------------------------------------ sample

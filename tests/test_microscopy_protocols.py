@@ -42,3 +42,30 @@ def test_train_on_a_tif_end_to_end(tmp_path):
     prior = AmbientPrior.load(tmp_path / "run" / "prior.safetensors")
     assert prior.metadata.noise["name"] == "poisson-gaussian" and prior.metadata.training["steps"] == 3
     assert prior.metadata.noise["a"] == pytest.approx(2.0, rel=0.3)
+
+
+def test_estimate_noise_answers_with_the_model_train_uses(tmp_path):
+    """A TIFF stack gets the Poisson-Gaussian fit train makes, in counts and photons; the model can
+    be asked for by name, and is refused for data that are not intensities."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from _cli_fixtures import assert_user_error, cli
+    from _micro_fixtures import A, write_cells_tif
+
+    tif = write_cells_tif(tmp_path / "cells.tif", n=6, size=64)
+    r = cli("estimate-noise", tif)
+    assert r.exit_code == 0, r.stderr
+    assert "poisson-gaussian" in r.stdout and "counts per photon" in r.stdout and "photons" in r.stdout
+    d = json.loads(cli("estimate-noise", tif, "--json").stdout)
+    assert d["noise_model"] == "poisson-gaussian" and d["frames"] == 6
+    assert abs(d["a"] - A) < 0.25 * A and d["photons_at_median"] > 0
+    np.save(tmp_path / "cells.npy", np.asarray(__import__("tifffile").imread(tif)))
+    d = json.loads(cli("estimate-noise", tmp_path / "cells.npy", "--noise-model", "poisson-gaussian",
+                       "--json").stdout)
+    assert d["noise_model"] == "poisson-gaussian"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 2), np.float32), np.eye(4)), str(tmp_path / "v.nii"))
+    assert_user_error(cli("estimate-noise", tmp_path / "v.nii", "--noise-model", "poisson-gaussian"),
+                      "v.nii", "intensity")
