@@ -225,21 +225,26 @@ def train_custom(name, model, dataset, cfg: TrainConfig, loss_fn, log):
     it = iter(_batches(dataset, ResumableSampler(len(dataset), cfg.seed, keyed=True), cfg, torch.device("cpu")))
     t0, acc, n = time.perf_counter(), 0.0, 0
     for step in range(cfg.steps):
-        batch = next(it)
-        for pg in opt.param_groups:
-            pg["lr"] = _lr(cfg, step)
-        loss = loss_fn(model, batch, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema_update(ema, model, min(cfg.ema_decay, (2 + step) / (11 + step)))
-        acc, n = acc + float(loss.detach()), n + 1
+        loss = custom_step(model, ema, opt, next(it), step, cfg, loss_fn, g)
+        acc, n = acc + loss, n + 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             log(f"  {name} step {step + 1}/{cfg.steps} loss {acc / n:.5f} "
                 f"({time.perf_counter() - t0:.0f} s)")
             acc, n = 0.0, 0
     return ema
+
+
+def custom_step(model, ema, opt, batch, step: int, cfg: TrainConfig, loss_fn, g) -> float:
+    """One step of ``train_custom``'s loop: learning rate of ``step``, loss, clipped AdamW, EMA."""
+    for pg in opt.param_groups:
+        pg["lr"] = _lr(cfg, step)
+    loss = loss_fn(model, batch, g)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    ema_update(ema, model, min(cfg.ema_decay, (2 + step) / (11 + step)))
+    return float(loss.detach())
 
 
 def n2v_loss(box):

@@ -33,31 +33,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmd  # noqa: E402  (data, network, losses and scoring of the FMD benchmark)
 
-from ambient_med.ema import ema_update  # noqa: E402
 from ambient_med.losses import LossConfig  # noqa: E402
 from ambient_med.networks import EDMDenoiser  # noqa: E402
 from ambient_med.noise import PoissonGaussian  # noqa: E402
 from ambient_med.prior import AmbientPrior  # noqa: E402
-from ambient_med.train import ResumableSampler, _batches, _lr, train  # noqa: E402
+from ambient_med.train import ResumableSampler, _batches, train  # noqa: E402
 
 METHODS = ("ambient+consistency", "clean", "supervised", "n2v")
 MARKS = (5.0, 15.0, 30.0, 60.0)
 
 
-def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+def curve_args(p: argparse.ArgumentParser, work: Path, argv=None) -> argparse.Namespace:
+    """The options every learning-curve script shares (marks, budget, slices, threads, --quick)."""
     p.add_argument("--marks", type=float, nargs="+", default=list(MARKS), help="CPU-minutes")
-    p.add_argument("--budget", type=float, default=60.0, help="stop each method at this many CPU-minutes")
+    p.add_argument("--budget", type=float, default=60.0, help="stop each run at this many CPU-minutes")
     p.add_argument("--slice", type=int, default=25, help="steps between CPU-time checks and checkpoints")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", type=Path, default=Path("/tmp/ambient_med_fmd_curve"))
+    p.add_argument("--work", type=Path, default=work)
     p.add_argument("--quick", action="store_true", help="0.2 and 0.5 CPU-minute marks, 5-step slices")
     p.add_argument("--out", type=Path, default=fmd.RESULTS)
     a = p.parse_args(argv)
     if a.quick:
         a.marks, a.budget, a.slice, a.work = [0.2, 0.5], 0.5, 5, a.work.with_name(a.work.name + "_quick")
     return a
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    return curve_args(p, Path("/tmp/ambient_med_fmd_curve"), argv)
 
 
 def fmd_args(a):
@@ -129,15 +133,7 @@ def run_method(method, setup, a, args, score, log) -> dict:
             model = r.model
         else:
             for step in range(k, k + a.slice):
-                batch = next(it)
-                for pg in opt.param_groups:
-                    pg["lr"] = _lr(tcfg, step)
-                loss = loss_fn(net, batch, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), tcfg.grad_clip)
-                opt.step()
-                ema_update(ema, net, min(tcfg.ema_decay, (2 + step) / (11 + step)))
+                fmd.custom_step(net, ema, opt, next(it), step, tcfg, loss_fn, gen)
             save_custom(folder / "state.pt", net, ema, opt, gen)
             model = ema
         prog.d["steps"] = k + a.slice

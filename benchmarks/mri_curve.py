@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mri_recon as mr  # noqa: E402  (data, network and scoring of the MRI benchmark)
-from fmd_curve import Progress  # noqa: E402
+from fmd_curve import Progress, curve_args  # noqa: E402
 
 from ambient_med.losses import LossConfig  # noqa: E402
 from ambient_med.mri.complex import complex_to_channels  # noqa: E402
@@ -44,17 +44,7 @@ TASKS = ("denoise", "recon_R4", "recon_R8")
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
-    p.add_argument("--marks", type=float, nargs="+", default=[5.0, 15.0, 30.0, 60.0])
-    p.add_argument("--budget", type=float, default=60.0, help="CPU-minutes per prior")
-    p.add_argument("--slice", type=int, default=25)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", type=Path, default=Path("/tmp/ambient_med_mri_curve"))
-    p.add_argument("--quick", action="store_true", help="0.2 and 0.5 CPU-minute marks, 5-step slices")
-    p.add_argument("--out", type=Path, default=mr.RESULTS)
-    a = p.parse_args(argv)
-    if a.quick:
-        a.marks, a.budget, a.slice, a.work = [0.2, 0.5], 0.5, 5, a.work.with_name(a.work.name + "_quick")
-    return a
+    return curve_args(p, Path("/tmp/ambient_med_mri_curve"), argv)
 
 
 def setup(args):
