@@ -332,7 +332,7 @@ def audit(
 @app.command()
 def denoise(
     prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
-    input: Path = typer.Option(..., "--input", "-i", help="Image file: .tif/.tiff, .nii/.nii.gz, .npy, .h5/.hdf5."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image file: .tif/.tiff, .png, .nii/.nii.gz, .npy, .h5/.hdf5."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file, same format; the std map goes to OUT_std.EXT."),
     sigma: str = typer.Option("auto", "--sigma", help="'auto' (fit the prior's noise model on the input), 'prior' (the training data's), or the noise std in data units."),
     samples: int = typer.Option(0, "--samples", min=0, help="Posterior samples (>= 2: their std is the std map unless --uncertainty says otherwise)."),
@@ -364,7 +364,7 @@ def denoise(
         try:
             paths = denoise_file(prior, input, out, sigma=sig, samples=samples,
                                  uncertainty=uncertainty, tile=tile, device=device,
-                                 overwrite=overwrite, total=total,
+                                 overwrite=overwrite, total=total, log=lambda m: typer.echo(m, err=True),
                                  progress=lambda k: bar["b"].update(k) if "b" in bar else None)
         finally:
             if "b" in bar:

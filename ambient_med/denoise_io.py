@@ -1,6 +1,7 @@
 """``ambient-med denoise``: one image file in, its posterior mean (and std map) out, same format.
 
-Formats: TIFF (``.tif``/``.tiff``, tifffile), NIfTI (``.nii``/``.nii.gz``, the affine kept),
+Formats: TIFF (``.tif``/``.tiff``, tifffile), PNG frames (8/16 bit; the mean is written in the
+input's integer type, the std map as a float TIFF), NIfTI (``.nii``/``.nii.gz``, the affine kept),
 NumPy ``.npy``, HDF5 (``.h5``/``.hdf5``: the dataset ``image``, or the only dataset). Layout of
 the array, for a prior with ``d`` spatial dims and ``C`` channels: ``(*spatial)``,
 ``(C, *spatial)`` (``C > 1``), ``(N, *spatial)`` (``C = 1``: a stack of N images) or
@@ -33,7 +34,7 @@ import torch
 
 from .errors import ConfigError, DataError, NoiseEstimateError
 
-SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".h5", ".hdf5")
+SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz", ".npy", ".h5", ".hdf5")
 
 
 def _suffix(p: Path) -> str:
@@ -42,8 +43,9 @@ def _suffix(p: Path) -> str:
 
 
 def std_path(out: Path) -> Path:
+    """``OUT_std.EXT``; a PNG's std map is a float TIFF (8- or 16-bit steps would round it away)."""
     suf = _suffix(out)
-    return out.with_name(out.name[: -len(suf)] + "_std" + suf)
+    return out.with_name(out.name[: -len(suf)] + "_std" + (".tif" if suf == ".png" else suf))
 
 
 def read_image(path: Path) -> tuple[np.ndarray, dict]:
@@ -56,6 +58,8 @@ def read_image(path: Path) -> tuple[np.ndarray, dict]:
     try:
         if suf in (".tif", ".tiff"):
             return _read_tiff(path), {}
+        if suf == ".png":
+            return _read_png(path)
         if suf in (".nii", ".nii.gz"):
             import nibabel as nib
 
@@ -93,9 +97,30 @@ def _read_tiff(path: Path) -> np.ndarray:
     return x
 
 
+def _read_png(path: Path) -> tuple[np.ndarray, dict]:
+    """A PNG frame (8 or 16 bit; grey saved as RGB read as one channel) and its dtype, so that
+    the denoised frame is written back in it."""
+    from PIL import Image
+
+    from .io.microscopy import one_channel_of_rgb
+
+    with Image.open(path) as im:
+        x = np.asarray(im)
+    if x.ndim == 3:
+        x = one_channel_of_rgb(path, x, -1, f"axes 'YXS', shape {x.shape}")
+    return x, {"dtype": x.dtype}
+
+
 def write_image(path: Path, x: np.ndarray, meta: dict) -> Path:
     suf = _suffix(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if suf == ".png":            # the input's integer type: rounded and clipped to its range
+        from PIL import Image
+
+        dt = np.dtype(meta.get("dtype", np.uint8))
+        info = np.iinfo(dt) if dt.kind in "ui" else np.iinfo(np.uint16)
+        Image.fromarray(np.clip(np.rint(x), info.min, info.max).astype(dt if dt.kind in "ui" else np.uint16)).save(path)
+        return path
     if suf in (".tif", ".tiff"):
         import tifffile
 
@@ -136,7 +161,8 @@ def to_batch(path: Path, x: np.ndarray, d: int, c: int) -> torch.Tensor:
 def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "auto", samples: int = 0,
                  uncertainty: str | None = None, tile: int | None = None, device: str = "auto",
                  overwrite: bool = False, progress: Callable[[int], None] | None = None,
-                 total: Callable[[int], None] | None = None, seed: int = 0) -> list[Path]:
+                 total: Callable[[int], None] | None = None, seed: int = 0,
+                 log: Callable[[str], None] | None = None) -> list[Path]:
     """Denoise ``input`` with the prior; write ``out`` (posterior mean) and ``OUT_std`` beside it
     (module docstring; ``uncertainty`` None: ``"samples"`` when ``samples >= 2`` were asked for,
     else ``"tweedie"``). ``progress(k)`` is told of each finished pass; ``total(n)`` first."""
@@ -188,6 +214,10 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
         raise NoiseEstimateError(f"{input}: {e}") from None
     except ValueError as e:
         raise ConfigError(f"--sigma: {e}") from None
+    if log is not None:
+        params = ", ".join(f"{k} = {v:.4g}" for k, v in model.params.items())
+        how = "fitted on the input" if sigma == "auto" else ("the prior's" if sigma == "prior" else "given")
+        log(f"{input}: noise model {model.name} ({params}; {how})")
     zm, sm = prior.to_model(z), float(prior.sigma_to_model(s_data))
     patch = tile or max(meta.training.get("image_shape", [0]) or [0]) or max(x.shape[2:])
     overlap = patch // 4

@@ -102,3 +102,21 @@ def test_denoise_bad_inputs_one_line(patched, tmp_path):
     np.save(tmp_path / "ok.npy", np.full((16, 16), 30, np.float32))
     r = cli("denoise", "--prior", patched, "--input", tmp_path / "ok.npy", "--out", tmp_path / "o.npy", "--sigma", "2")
     assert_user_error(r, "--sigma", "not one number")
+
+
+def test_denoise_png_frame_keeps_its_dtype_and_reports_the_noise_fit(patched, tmp_path):
+    from PIL import Image
+
+    _, y = _flat(tmp_path, shape=(64, 64))                 # enough 8x8 blocks for the fit
+    for dt in (np.uint8, np.uint16):
+        f = tmp_path / f"frame_{np.dtype(dt).name}.png"
+        Image.fromarray(np.clip(np.rint(y), 0, 255).astype(dt)).save(f)
+        out = tmp_path / f"den_{np.dtype(dt).name}.png"
+        r = cli("denoise", "--prior", patched, "--input", f, "--out", out, "--no-progress")
+        assert r.exit_code == 0, (r.stdout, r.stderr)
+        assert "noise model poisson-gaussian (a = " in r.stderr and "fitted on the input" in r.stderr
+        mean = np.asarray(Image.open(out))
+        assert mean.dtype == dt and mean.shape == y.shape
+        assert float(mean.mean()) == pytest.approx(30.0, rel=0.15)
+        std = tifffile.imread(tmp_path / f"den_{np.dtype(dt).name}_std.tif")   # float, not rounded
+        assert std.dtype == np.float32 and std.shape == y.shape and np.all(std >= 0)
