@@ -21,11 +21,18 @@ class TrainProgress:
                                    TimeRemainingColumn)
 
         console = Console(stderr=True)
-        Console(highlight=False).print(f"[bold]{protocol.name}[/]: {len(info.files)} file(s), "
-                      f"{info.n_items} {'volume' if info.spatial_dims == 3 else 'image'}(s), {info.kind} "
-                      f"{list(info.shape)} x {info.channels} ch; sigma_n = {info.sigma_n_data:.4g} "
-                      f"(data) = {info.sigma_n_model:.4g} (model), {info.noise_method}"
-                      + (f" +/- {100 * info.noise_uncertainty:.1f}%" if info.noise_uncertainty else ""))
+        if getattr(info, "noise", None):      # stabilised: sigma_n is 1 by construction
+            noise = (f"noise {info.noise['name']} stabilised to std 1 (sigma_n = 1; "
+                     f"{info.sigma_n_model:.4g} in the network's units)")
+        else:
+            noise = (f"sigma_n = {info.sigma_n_data:.4g} per real channel in data units "
+                     f"({info.sigma_n_model:.4g} in the network's units), {info.noise_method}"
+                     + (f" +/- {100 * info.noise_uncertainty:.1f}%" if info.noise_uncertainty else ""))
+        what = "patches" if protocol.data.patch_size else "images"
+        Console(highlight=False).print(
+            f"[bold]{protocol.name}[/]: {len(info.files)} file(s), {info.n_items} "
+            f"{'volume' if info.spatial_dims == 3 else 'image'}(s), {info.kind}; trains on {what} of "
+            f"{list(info.shape)} x {info.channels} channel(s); {noise}")
         if not self.enabled:
             return
         self._progress = Progress(
