@@ -308,7 +308,7 @@ def write_report(all_res: dict, extras: dict, pics: dict, args, device, wall: fl
              "sampler. `fd comp k` = samples classified as k vs N(mu_k, C_k), normalised likewise. "
              "Bands = sample power / true power, low to high radial frequency (full sampling).\n"]
     if device.type == "cpu":
-        lines.append("**This is a CPU run at a reduced budget** (the session had no GPU). The "
+        lines.append("**This is a CPU run at a reduced budget** (no GPU was available). The "
                      "full-budget run (3 seeds, 4000 steps x batch 128, 2,000 samples, where the "
                      "clean oracle should come within 1.5x of the floor) needs a GPU and was not "
                      "run.\n")
