@@ -115,6 +115,9 @@ def run_method(method, setup, a, args, score, log) -> dict:
         data = setup["paired"] if method == "clean" else setup["ds"]
         lcfg = LossConfig(**{**setup["base_loss"].__dict__, "objective": method,
                              **({} if method.startswith("ambient") else {"sure_fraction": 0.0})})
+        # consistency_start is a fraction of cfg.steps: keep fmd.py's warm-up in steps, not a
+        # quarter of the open-ended run (which would never end)
+        lcfg = replace(lcfg, consistency_start=lcfg.consistency_start * args.steps / tcfg.steps)
     else:
         net = fmd.Plain(fresh) if method == "n2v" else fresh
         ema = __import__("copy").deepcopy(net).eval().requires_grad_(False)

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,10 @@ def run_prior(obj, d, a, args, log) -> dict:
     model = EDMDenoiser(net)
     while prog.d["cpu_s"] / 60 < a.budget:
         c0, k = time.process_time(), prog.d["steps"]
-        res = train(model, data, LossConfig(objective=obj, sigma_data=sd), tcfg, run_dir=folder,
+        # consistency_start is a fraction of cfg.steps: mri_recon.py's warm-up in steps
+        loss = LossConfig(objective=obj, sigma_data=sd)
+        loss = replace(loss, consistency_start=loss.consistency_start * args.steps / tcfg.steps)
+        res = train(model, data, loss, tcfg, run_dir=folder,
                     resume=k > 0, device="cpu", stop_after=k + a.slice)
         prog.d["steps"], prog.d["cpu_s"] = k + a.slice, prog.d["cpu_s"] + time.process_time() - c0
         for mark in a.marks:
