@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.prior import AmbientPrior, PriorMetadata
-
 from _bad_files import FAULTS, READERS, applicable, make
 from _cli_fixtures import INFO_PREFIXES, cli, tiny_protocol
+
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.prior import AmbientPrior, PriorMetadata
 
 COMMANDS = ("estimate-noise", "train", "denoise", "audit", "recon")
 

@@ -6,9 +6,9 @@ import pytest
 import tifffile
 from _cli_fixtures import assert_user_error, cli
 from _micro_fixtures import A, B
+from test_noise_model_training import _stub_prior
 
 from ambient_med import noise
-from test_noise_model_training import _stub_prior
 
 
 @pytest.fixture
@@ -23,8 +23,9 @@ def stub_prior(tmp_path):
 
 @pytest.fixture
 def patched(monkeypatch, stub_prior, tmp_path):
-    import ambient_med.prior as P
     from test_noise_model_training import MeanDenoiser
+
+    import ambient_med.prior as P
 
     monkeypatch.setattr(P, "EDMDenoiser", lambda cfg: MeanDenoiser())
     monkeypatch.setattr(P.NetworkConfig, "from_dict", staticmethod(lambda d: d))
@@ -33,7 +34,7 @@ def patched(monkeypatch, stub_prior, tmp_path):
 
 
 def _flat(tmp_path, m=30.0, shape=(40, 40)):
-    from ambient_med.microscopy.synthetic import poisson_gaussian_noise
+    from ambient_med.synthetic.fluorescence import poisson_gaussian_noise
 
     y = poisson_gaussian_noise(np.full(shape, m), A, B, rng=np.random.default_rng(0)).astype(np.float32)
     f = tmp_path / "in.tif"

@@ -6,9 +6,9 @@ import pytest
 from _cli_fixtures import cli
 from _micro_fixtures import write_cells_tif
 
-from ambient_med.autoprotocol import choose_protocol
-from ambient_med.config import load_protocol
 from ambient_med.prior import AmbientPrior
+from ambient_med.training.autoprotocol import choose_protocol
+from ambient_med.training.config import load_protocol
 
 
 def test_microscopy_protocols_load_with_tiff_reader_and_poisson_gaussian():
@@ -51,7 +51,6 @@ def test_estimate_noise_answers_with_the_model_train_uses(tmp_path):
 
     import nibabel as nib
     import numpy as np
-
     from _cli_fixtures import assert_user_error, cli
     from _micro_fixtures import A, write_cells_tif
 

@@ -1,4 +1,4 @@
-"""Patch-wise inference with overlap blending (ambient_med.tiling)."""
+"""Patch-wise inference with overlap blending (ambient_med.diffusion.tiling)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ambient_med.tiling import reflect_indices, tiled_apply, window_1d
+from ambient_med.diffusion.tiling import reflect_indices, tiled_apply, window_1d
 
 
 def conv_net(d: int, radius: int, seed: int = 0):
