@@ -228,14 +228,15 @@ def audit(
 @app.command()
 def denoise(
     prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
-    input: Path = typer.Option(..., "--input", "-i", help="Image file: .tif/.tiff, .png, .nii/.nii.gz, .npy, .h5/.hdf5."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file, same format; the std map goes to OUT_std.EXT."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image file (.tif/.tiff stack or frame, .png, .nii/.nii.gz, .npy, .h5/.hdf5) or a folder of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file, same format and dtype (a folder for a folder); the std map goes to OUT_std.EXT."),
     sigma: str = typer.Option("auto", "--sigma", help="'auto' (fit the prior's noise model on the input), 'prior' (the training data's), or the noise std in data units."),
     samples: int = typer.Option(0, "--samples", min=0, help="Posterior samples (>= 2: their std is the std map unless --uncertainty says otherwise)."),
     uncertainty: Optional[str] = typer.Option(None, "--uncertainty", help="How OUT_std is made: tweedie (default: from the network at the input's noise level, no sampling) | samples (std of --samples posterior samples) | none."),
     tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Tile size for images larger than it (default: the training patch)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    save_samples: bool = typer.Option(False, "--save-samples", help="Also write each posterior sample as OUT_sample1.EXT, ... (needs --samples)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
     """Denoise an image with a prior: posterior mean (and std map) in the input's units and format."""
@@ -248,7 +249,7 @@ def denoise(
             paths = denoise_file(prior, input, out, sigma=parse_sigma(sigma, "--sigma", ("auto", "prior")),
                                  samples=samples, uncertainty=uncertainty, tile=tile, device=device,
                                  overwrite=overwrite, total=bar.total, log=lambda m: typer.echo(m, err=True),
-                                 progress=bar.advance)
+                                 progress=bar.advance, save_samples=save_samples)
         for p in paths:
             typer.echo(f"wrote {p}")
 

@@ -24,8 +24,8 @@ COMMANDS = ("estimate-noise", "train", "denoise", "audit", "recon")
 # (reader, fault) -> commands for which the input is fine and the command must succeed
 SUCCEEDS = {
     ("tif", "grey_rgb"): {"denoise", "audit"},      # train, estimate-noise: one 16x16 frame is too
-    ("png", "grey_rgb"): {"estimate-noise", "train", "audit"},     # little for a Poisson-Gaussian fit
-    ("png", "mixed"): {"estimate-noise", "train"},                 # audit needs one size (refused)
+    ("png", "grey_rgb"): {"estimate-noise", "train", "audit", "denoise"},  # little for a PG fit
+    ("png", "mixed"): {"estimate-noise", "train", "denoise"},      # audit needs one size (refused)
     ("nii", "dtype"): {"estimate-noise", "train"},                 # complex NIfTI: complex images
 }
 

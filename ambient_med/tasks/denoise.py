@@ -21,7 +21,9 @@ The std map (``OUT_std``): by default from Tweedie's second moment at the input'
 Images larger than the training patch are processed in overlapping tiles of ``tile`` pixels
 (default: the training patch) blended by :func:`ambient_med.diffusion.tiling.tiled_apply` (overlap a
 quarter of the tile). Posterior samples are drawn per tile and blended, so they are samples of
-each tile's posterior, not one joint sample of the whole image (the std map is per pixel).
+each tile's posterior, not one joint sample of the whole image (the std map is per pixel). The
+Tweedie std map is one estimate over the whole image, with its probes drawn image-wide and the
+Jacobian taken through the tiled denoiser, so it has no seams at tile borders.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def std_path(out: Path) -> Path:
     """``OUT_std.EXT``; a PNG's std map is a float TIFF (8- or 16-bit steps would round it away)."""
     suf = _suffix(out)
     return out.with_name(out.name[: -len(suf)] + "_std" + (".tif" if suf == ".png" else suf))
+
+
+def sample_path(out: Path, k: int) -> Path:
+    """``OUT_sample{k}.EXT`` (k from 1), the input's format."""
+    suf = _suffix(out)
+    return out.with_name(f"{out.name[: -len(suf)]}_sample{k}{suf}")
 
 
 def read_image(path: Path) -> tuple[np.ndarray, dict]:
@@ -162,19 +170,23 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
                  uncertainty: str | None = None, tile: int | None = None, device: str = "auto",
                  overwrite: bool = False, progress: Callable[[int], None] | None = None,
                  total: Callable[[int], None] | None = None, seed: int = 0,
-                 log: Callable[[str], None] | None = None) -> list[Path]:
+                 log: Callable[[str], None] | None = None, save_samples: bool = False) -> list[Path]:
     """Denoise ``input`` with the prior; write ``out`` (posterior mean) and ``OUT_std`` beside it
     (module docstring; ``uncertainty`` None: ``"samples"`` when ``samples >= 2`` were asked for,
-    else ``"tweedie"``). ``progress(k)`` is told of each finished pass; ``total(n)`` first."""
+    else ``"tweedie"``), and with ``save_samples`` each posterior sample as ``OUT_sample{k}``
+    (data units, the input's format and dtype). ``progress(k)`` is told of each finished pass;
+    ``total(n)`` first. A folder ``input`` is :func:`denoise_folder`'s."""
     from ..diffusion.sampling import denoise_posterior
-    from ..diffusion.tiling import tiled_apply
+    from ..diffusion.tiling import tiled_apply, tiled_denoiser
     from ..diffusion.tweedie import posterior_variance
     from ..prior import AmbientPrior, inverse_slope
     from ..utils import resolve_device
 
     input, out = Path(input), Path(out)
     if input.is_dir():
-        raise DataError(input, f"is a folder; denoise takes one image file ({', '.join(SUFFIXES)})")
+        return denoise_folder(prior_file, input, out, sigma=sigma, samples=samples, uncertainty=uncertainty,
+                              tile=tile, device=device, overwrite=overwrite, progress=progress, total=total,
+                              seed=seed, log=log, save_samples=save_samples)
     if not input.is_file():
         raise DataError(input, "does not exist")
     if _suffix(input) not in SUFFIXES:
@@ -189,7 +201,10 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
         raise ConfigError(f"--uncertainty must be tweedie, samples or none, got {uncertainty!r}")
     if uncertainty == "samples" and samples < 2:
         raise ConfigError("--uncertainty samples needs --samples 2 or more")
+    if save_samples and samples < 1:
+        raise ConfigError("--save-samples needs --samples 1 or more")
     outs = [out] + ([std_path(out)] if uncertainty != "none" else [])
+    outs += [sample_path(out, k + 1) for k in range(samples)] if save_samples else []
     for p in outs:
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p}: exists")
@@ -235,7 +250,11 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     g = torch.Generator(device=prior.device).manual_seed(seed)
     std = None
     if uncertainty == "tweedie":
-        var = run(lambda t: posterior_variance(prior.model, t, sm, generator=g))
+        # one estimate over the whole image through the tiled denoiser (a smooth function of the
+        # whole image): per-tile estimates each draw their own probes and left level steps at seams
+        den = tiled_denoiser(prior.model, patch, overlap) if need_tiles else prior.model
+        with torch.no_grad():
+            var = posterior_variance(den, zm, sm, generator=g)
         std = prior.to_data(var.sqrt(), as_complex=False).abs()      # model -> data units: times s
         if inv_sample is not _identity:
             std = inverse_slope(model, z_hat) * std
@@ -255,6 +274,32 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
         std = torch.stack(draws).std(0)
     if std is not None:
         written.append(write_image(std_path(out), std.cpu().numpy().reshape(shape), io_meta))
+    if save_samples:
+        written += [write_image(sample_path(out, k + 1), d.cpu().numpy().reshape(shape), io_meta)
+                    for k, d in enumerate(draws)]
+    return written
+
+
+def denoise_folder(prior_file, folder: Path, out: Path, **options) -> list[Path]:
+    """Every image file of ``folder`` (sorted; the formats of :data:`SUFFIXES`), denoised into the
+    folder ``out`` under the same names, each with its own noise fit when ``sigma="auto"``. Stops
+    before writing anything if an output exists (without ``overwrite``) or ``out`` is a file."""
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and _suffix(f) in SUFFIXES)
+    if not files:
+        raise DataError(folder, f"holds no image files ({', '.join(SUFFIXES)})")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: the input is a folder, so --out must be a folder (it is a file)")
+    if out.resolve() == Path(folder).resolve():
+        raise ConfigError(f"--out {out}: choose a folder other than the input's (nothing is overwritten)")
+    if not options.get("overwrite"):
+        for f in files:
+            if (out / f.name).exists():
+                raise FileExistsError(f"{out / f.name}: exists")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        written += denoise_file(prior_file, f, out / f.name, **options)
     return written
 
 

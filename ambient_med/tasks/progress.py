@@ -31,10 +31,15 @@ class Bar:
         return self
 
     def total(self, n: int) -> None:
-        if self.enabled and self._progress is None:
+        """Add ``n`` units of work (called once per file when a job has several)."""
+        if not self.enabled:
+            return
+        if self._progress is None:
             self._progress = _progress(self.label)
             self._task = self._progress.add_task(self.label, total=n)
             self._progress.start()
+        else:
+            self._progress.update(self._task, total=self._progress.tasks[0].total + n)
 
     def advance(self, k: int = 1) -> None:
         if self._progress is not None:
