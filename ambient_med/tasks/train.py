@@ -36,6 +36,9 @@ from ..training.config import Protocol, apply_overrides, load_protocol, load_res
 from ..training.loop import TrainResult, train
 from ..utils import resolve_device
 
+# protocols with a CPU-sized twin, chosen when the protocol comes from the data and the device is a CPU
+CPU_PRESETS = {"microscopy-2d": "microscopy-2d-cpu"}
+
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE, RANK,
@@ -238,6 +241,8 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
     else:
         if protocol is None:
             name, why = choose_protocol(discover(list(data)))
+            if dev.type == "cpu" and name in CPU_PRESETS:
+                name, why = CPU_PRESETS[name], f"{why}; on a CPU its smaller preset"
             if log is not None and rank == 0:
                 log(f"protocol: {name} (chosen from the data: {why}; pass --protocol to choose)")
             protocol = name
@@ -249,6 +254,12 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
                                     "data": {"sigma_n": sigma_n, "n_coils": n_coils,
                                              "noise_model": noise_model,
                                              "noise_estimator": noise_estimator}})
+    if not resume and proto.train.lr_warmup > proto.train.steps // 10:
+        short = max(proto.train.steps // 10, 1)
+        if log is not None and rank == 0:
+            log(f"learning-rate warm-up: {short} steps (a tenth of the run; the protocol says "
+                f"{proto.train.lr_warmup})")
+        proto = apply_overrides(proto, {"train": {"lr_warmup": short}})
     dataset, info = load_data(list(data), proto, proto.data.sigma_n, cache_dir=out / "cache")
     if len(dataset) == 0:
         raise DataError(None, "the dataset is empty")
