@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import AmbientMedError, ConfigError
+from .errors import AmbientMedError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train diffusion priors of clean images from noisy MRI and microscopy data.")
@@ -85,9 +85,9 @@ def train(
     noise_estimator: Optional[str] = typer.Option(None, "--noise-estimator", help=ESTIMATOR_HELP + " (default: the protocol's)."),
 ):
     """Learn a clean-image prior from noisy data; writes OUT/prior.safetensors."""
-    from .config import parse_sigma_n
-    from .progress import TrainProgress
-    from .run import run_training
+    from .tasks.progress import TrainProgress
+    from .tasks.train import run_training
+    from .training.config import parse_sigma_n
 
     with user_errors():
         sn = None if sigma_n is None else parse_sigma_n(sigma_n)
@@ -126,56 +126,13 @@ def estimate_noise(
     noise_estimator: str = typer.Option("auto", "--noise-estimator", help=ESTIMATOR_HELP + "."),
 ):
     """Estimate the noise of each file with the model train will use, and say how."""
-    from .io.discover import discover, open_source
-    from .noise import estimate_noise_file
+    from .io.discover import discover
+    from .tasks.noise import describe, estimate_noise
 
     with user_errors():
         for path in discover(data):
-            src = open_source(path)
-            if noise_model == "poisson-gaussian" or (noise_model == "auto" and _is_microscopy(src)):
-                _echo_poisson_gaussian(path, src, as_json)
-                continue
-            est = estimate_noise_file(path, n_coils=n_coils, noise_model=noise_model, estimator=noise_estimator)
-            if as_json:
-                typer.echo(json.dumps({"file": str(path), "sigma": est.sigma, "method": est.method,
-                                       "uncertainty": est.uncertainty,
-                                       "noise_model": est.details.get("noise_model"),
-                                       "n_coils": est.details.get("n_coils")}))
-            else:
-                typer.echo(f"{path}: sigma_n = {est.sigma:.6g} (+/- {100 * est.uncertainty:.1f}%, "
-                           f"{est.method}, noise model {est.details.get('noise_model')})")
-
-
-def _is_microscopy(src) -> bool:
-    from .datasets import is_microscopy
-
-    return is_microscopy(src)
-
-
-def _echo_poisson_gaussian(path, src, as_json: bool) -> None:
-    """The Poisson-Gaussian fit ``train`` makes (``datasets.fit_noise_model``), in a
-    microscopist's units: gain in counts per photon, read noise in counts, photons at the median."""
-    import numpy as np
-
-    from .datasets import fit_noise_model
-
-    if src.kind != "intensity":
-        raise ConfigError(f"{path}: noise model poisson-gaussian is for intensity data (microscopy); "
-                          f"this file holds {src.kind} data")
-    m = fit_noise_model(src, path, "poisson-gaussian", None, "auto")
-    idx = np.unique(np.linspace(0, len(src) - 1, min(16, len(src))).round().astype(int))
-    median = float(np.median(np.concatenate([src.read(int(i)).ravel() for i in idx])))
-    photons = (median - m.mu) / m.a
-    d = {"file": str(path), "noise_model": "poisson-gaussian", "frames": len(src), "a": m.a, "b": m.b,
-         "mu": m.mu, "read_noise_counts": float(np.sqrt(m.b)), "median_counts": median,
-         "photons_at_median": photons, "method": m.details.get("method")}
-    if as_json:
-        typer.echo(json.dumps(d))
-        return
-    typer.echo(f"{path}: noise model poisson-gaussian, {len(src)} frame(s): gain a = {m.a:.4g} counts per "
-               f"photon, read noise {np.sqrt(m.b):.4g} counts (offset {m.mu:.4g}); median intensity "
-               f"{median:.4g} counts = {photons:.3g} photons. train stabilises it (generalised Anscombe) "
-               f"to noise of std 1, the sigma_n = 1 it reports")
+            d = estimate_noise(path, noise_model=noise_model, n_coils=n_coils, estimator=noise_estimator)
+            typer.echo(json.dumps(d) if as_json else describe(d))
 
 
 # ------------------------------------------------------------------------------------ sample
@@ -194,7 +151,7 @@ def sample(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ):
     """Draw samples of the clean distribution; .npy holds them in data units."""
-    from .prior_tools import write_samples
+    from .tasks.sample import write_samples
 
     with user_errors():
         for p in write_samples(prior, out, n=n, steps=steps, mode=mode, stop=stop, sampler=sampler, seed=seed,
@@ -221,73 +178,12 @@ def recon(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
     """Reconstruct undersampled multi-coil k-space with the prior: posterior mean and std map."""
-    from .errors import AmbientMedError, ConfigError, DataError
+    from .tasks.recon import reconstruct_file
 
     with user_errors():
-        import numpy as np
-        import torch
-
-        from .prior import AmbientPrior
-        from .prior_tools import _prior_path
-        from .recon.files import output_paths, read_undersampled, write_reconstruction
-        from .recon.samplers import RECON_STEPS
-        from .utils import resolve_device
-
-        if method not in ("dc", "dps"):
-            raise ConfigError(f"--method must be 'dc' or 'dps', got {method!r}")
-        try:
-            sig = sigma if sigma == "auto" else float(sigma)
-        except ValueError:
-            raise ConfigError(f"--sigma must be 'auto' or a number, got {sigma!r}") from None
-        if sig != "auto" and not (np.isfinite(sig) and sig > 0):
-            raise ConfigError(f"--sigma must be a positive number, got {sigma}")
-        for p in filter(None, output_paths(out)):
-            if p.exists() and not overwrite:
-                raise FileExistsError(f"{p} exists")
-        dev = resolve_device(device)
-        ppath = _prior_path(prior)
-        pr = AmbientPrior.load(ppath, device=dev)
-        m = pr.metadata
-        if not pr.is_complex or m.channels != 2 or m.spatial_dims != 2:
-            raise DataError(ppath, f"prior of {m.data_kind} {m.spatial_dims}-D images with "
-                                   f"{m.channels} channel(s) does not match k-space data "
-                                   "(needs single complex 2-D images: 2 real channels)")
-        k, msk, where = read_undersampled(data, mask)
-        typer.echo(f"{data}: {k.shape[0]} slice(s), {k.shape[1]} coil(s), {k.shape[2]}x{k.shape[3]}; "
-                   f"mask from {where}, {100 * float(np.mean(np.broadcast_to(msk, k.shape[-msk.ndim:]) != 0)):.0f}% acquired", err=True)
-        n_steps = steps or RECON_STEPS
-        bar = None
-        if progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            import sys
-
-            bar = Progress(TextColumn("recon"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                           console=Console(stderr=True), transient=not sys.stderr.isatty())
-            task = bar.add_task("recon", total=k.shape[0] * n_steps)
-            bar.start()
-        means, stds, sigmas = [], [], []
-        g = torch.Generator(device=dev).manual_seed(seed)
-        try:
-            for i in range(k.shape[0]):     # one slice at a time: memory stays that of one slice
-                cb = (lambda *a: bar.advance(task)) if bar is not None else None
-                try:
-                    r = pr.reconstruct(k[i], msk if msk.ndim < 4 else msk[min(i, msk.shape[0] - 1)],
-                                       sigma=sig, method=method, n_samples=samples, steps=n_steps,
-                                       generator=g, callback=cb, tile=tile, whiten=whiten)
-                except AmbientMedError as e:
-                    raise DataError(data, f"slice {i}: {getattr(e, 'problem', e)}") from None
-                means.append(r["mean"][0].cpu().numpy())
-                std = r["std"][0].cpu()
-                stds.append(torch.sqrt(std.real ** 2 + std.imag ** 2).numpy())
-                sigmas.append(r["sigma"])
-        finally:
-            if bar is not None:
-                bar.stop()
-        written = write_reconstruction(out, np.stack(means), np.stack(stds), overwrite=overwrite,
-                                       attrs={"method": method, "samples": samples,
-                                              "steps": n_steps, "sigma_k": float(np.mean(sigmas)),
-                                              "prior": str(ppath)})
+        written = reconstruct_file(prior, data, out, mask=mask, method=method, samples=samples, steps=steps,
+                                   sigma=sigma, seed=seed, tile=tile, whiten=whiten, device=device,
+                                   overwrite=overwrite, progress=progress, log=lambda m: typer.echo(m, err=True))
         for p in written:
             typer.echo(f"wrote {p}")
 
@@ -306,19 +202,19 @@ def audit(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ):
     """Memorisation audit: nearest-training-image correlation of samples, reconstruction attack."""
-    from .audit import audit as run_audit, load_images
-    from .prior import AmbientPrior
-    from .prior_tools import _prior_path
+    from .prior import AmbientPrior, prior_file
+    from .tasks.audit import audit as run_audit
+    from .tasks.audit import load_images
     from .utils import resolve_device
 
     with user_errors():
         if out is not None and out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists")
-        pr = AmbientPrior.load(_prior_path(prior), device=resolve_device(device))
+        pr = AmbientPrior.load(prior, device=resolve_device(device))
         train_x = load_images(data, pr)
         held = None if heldout is None else load_images(heldout, pr)
         report = run_audit(pr, train_x, heldout=held, n_samples=n_samples, steps=steps, seed=seed)
-        report.update(prior=str(_prior_path(prior)), data=str(data))
+        report.update(prior=str(prior_file(prior)), data=str(data))
         text = json.dumps(report, indent=2)
         if out is None:
             typer.echo(text)
@@ -332,43 +228,28 @@ def audit(
 @app.command()
 def denoise(
     prior: Path = typer.Option(..., "--prior", help="A prior.safetensors file (or its run folder)."),
-    input: Path = typer.Option(..., "--input", "-i", help="Image file: .tif/.tiff, .png, .nii/.nii.gz, .npy, .h5/.hdf5."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file, same format; the std map goes to OUT_std.EXT."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image file (.tif/.tiff stack or frame, .png, .nii/.nii.gz, .npy, .h5/.hdf5) or a folder of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file, same format and dtype (a folder for a folder); the std map goes to OUT_std.EXT."),
     sigma: str = typer.Option("auto", "--sigma", help="'auto' (fit the prior's noise model on the input), 'prior' (the training data's), or the noise std in data units."),
     samples: int = typer.Option(0, "--samples", min=0, help="Posterior samples (>= 2: their std is the std map unless --uncertainty says otherwise)."),
     uncertainty: Optional[str] = typer.Option(None, "--uncertainty", help="How OUT_std is made: tweedie (default: from the network at the input's noise level, no sampling) | samples (std of --samples posterior samples) | none."),
     tile: Optional[int] = typer.Option(None, "--tile", min=8, help="Tile size for images larger than it (default: the training patch)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    save_samples: bool = typer.Option(False, "--save-samples", help="Also write each posterior sample as OUT_sample1.EXT, ... (needs --samples)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
     """Denoise an image with a prior: posterior mean (and std map) in the input's units and format."""
-    from .denoise_io import denoise_file
+    from .tasks.denoise import denoise_file
+    from .tasks.progress import Bar
+    from .utils import parse_sigma
 
     with user_errors():
-        sig: str | float = sigma.strip().lower()
-        if sig not in ("auto", "prior"):
-            try:
-                sig = float(sig)
-            except ValueError:
-                _fail(f"--sigma must be 'auto', 'prior' or a number, got {sigma!r}")
-            if not sig > 0 or sig == float("inf"):
-                _fail(f"--sigma must be a finite number > 0, got {sigma}")
-        bar = {}
-
-        def total(n):
-            if progress:
-                bar["b"] = typer.progressbar(length=n, label="denoising", file=__import__("sys").stderr)
-                bar["b"].__enter__()
-
-        try:
-            paths = denoise_file(prior, input, out, sigma=sig, samples=samples,
-                                 uncertainty=uncertainty, tile=tile, device=device,
-                                 overwrite=overwrite, total=total, log=lambda m: typer.echo(m, err=True),
-                                 progress=lambda k: bar["b"].update(k) if "b" in bar else None)
-        finally:
-            if "b" in bar:
-                bar["b"].__exit__(None, None, None)
+        with Bar("denoise", progress) as bar:
+            paths = denoise_file(prior, input, out, sigma=parse_sigma(sigma, "--sigma", ("auto", "prior")),
+                                 samples=samples, uncertainty=uncertainty, tile=tile, device=device,
+                                 overwrite=overwrite, total=bar.total, log=lambda m: typer.echo(m, err=True),
+                                 progress=bar.advance, save_samples=save_samples)
         for p in paths:
             typer.echo(f"wrote {p}")
 
@@ -378,7 +259,7 @@ def denoise(
 def info(prior: Path = typer.Argument(..., help="A prior.safetensors file (or its run folder)."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Describe a prior file: data kind, noise levels, scale, network, parameter count."""
-    from .prior_tools import describe_prior
+    from .tasks.sample import describe_prior
 
     with user_errors():
         d = describe_prior(prior)
@@ -396,7 +277,7 @@ def demo(out: Path = typer.Option(Path("ambient-med-demo"), "--out", "-o", help=
          device: str = typer.Option("auto", "--device"),
          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing demo folder.")):
     """Phantoms with known noise -> estimate sigma_n -> train -> report (PNG + table)."""
-    from .demo import run_demo
+    from .tasks.demo import run_demo
 
     with user_errors():
         t0 = time.perf_counter()

@@ -1,12 +1,12 @@
 """``AmbientPrior``: the trained prior as one ``.safetensors`` file, and the inference API.
 
 The file holds the EMA weights of the preconditioned denoiser and JSON metadata under the key
-``ambient_med`` (DESIGN section 7): format version, network config, spatial dims, channels, data
+``ambient_med`` (docs/design.md section 7): format version, network config, spatial dims, channels, data
 kind, ``sigma_n`` in data and model space, the intensity scale ``s``, ``sigma_data``, the noise
 model and a training summary. Loading never unpickles: a prior file is data, never code.
 
-Noise models (DESIGN section 6). A prior trained on variance-stabilised data (Poisson-Gaussian
-microscopy, Rician / noncentral-chi magnitudes; see :mod:`ambient_med.datasets`) records the
+Noise models (docs/design.md section 6). A prior trained on variance-stabilised data (Poisson-Gaussian
+microscopy, Rician / noncentral-chi magnitudes; see :mod:`ambient_med.training.datasets`) records the
 model as ``metadata.noise`` (``NoiseModel.to_dict()``); then "data units" of ``sigma_n_data``
 and ``scale`` are the *stabilised* units ``z = f(y)``, where the noise is ~N(0, 1). Its
 ``denoise`` and ``posterior`` take the raw data ``y``, stabilise it, work at noise level 1 in
@@ -21,7 +21,7 @@ which would treat them as Gaussian, refuses them; Gaussian priors stay version 1
 Units. The public methods (``denoise``, ``score``, ``posterior``, ``sample``) take and return
 images and ``sigma`` in the units of the user's data: what ``ambient-med estimate-noise`` prints,
 per real channel. Complex images are complex tensors ``(N, C, *spatial)``; inside, each becomes
-2 real channels (re, im) (DESIGN section 2) and the result is complex again. Real tensors with
+2 real channels (re, im) (docs/design.md section 2) and the result is complex again. Real tensors with
 the model's channel layout are accepted too and come back real. The network lives in *model
 space* (data divided by the scale ``s``): experts reach it with ``space="model"`` or
 ``denoise_model``, and ``to_model`` / ``to_data`` / ``sigma_to_model`` convert.
@@ -35,9 +35,10 @@ from pathlib import Path
 
 import torch
 
+from .diffusion.networks import EDMDenoiser, NetworkConfig
+from .diffusion.sampling import DEFAULT_UNCERTAINTY, denoise_posterior, resolve_mode
+from .diffusion.sampling import sample as _sample
 from .errors import DataError
-from .networks import EDMDenoiser, NetworkConfig
-from .sampling import DEFAULT_UNCERTAINTY, denoise_posterior, resolve_mode, sample as _sample
 from .mri.complex import channels_to_complex, complex_to_channels
 from .utils import append_dims, as_sigma
 
@@ -92,6 +93,13 @@ class PriorMetadata:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+def prior_file(path: str | Path) -> Path:
+    """The prior file a user means: ``path`` itself, or ``path/prior.safetensors`` when
+    ``path`` is the run folder ``train`` wrote."""
+    p = Path(path)
+    return p / "prior.safetensors" if p.is_dir() else p
+
+
 class AmbientPrior:
     """A trained clean-image prior: ``denoise``, ``score``, ``sample``, ``posterior``."""
 
@@ -121,9 +129,7 @@ class AmbientPrior:
         file is data: weights and JSON metadata, never unpickled code."""
         from safetensors import SafetensorError, safe_open
 
-        path = Path(path)
-        if path.is_dir():                      # a run folder: the prior ``train`` wrote in it
-            path = path / "prior.safetensors"
+        path = prior_file(path)
         if not path.is_file():
             raise DataError(path, "prior file not found")
         try:
@@ -333,14 +339,14 @@ class AmbientPrior:
         "std"}`` (std: per real channel; for complex data ``std`` is complex, real part the
         std of the real parts, imaginary part that of the imaginary parts). ``uncertainty``:
         ``"tweedie"`` (default) reads the std map off the network at ``sigma_y`` (Tweedie's second
-        moment, :mod:`ambient_med.tweedie`), ``"samples"`` takes the std of the ``n_samples``
+        moment, :mod:`ambient_med.diffusion.tweedie`), ``"samples"`` takes the std of the ``n_samples``
         posterior samples (``n_samples = 0``: no samples). Priors with a noise model: ``sigma_y``
         as in :meth:`denoise`; samples are stabilised-space posterior samples mapped back by
         ``invert_sample``, ``mean`` by ``invert_mean``, ``std`` the per-pixel std of the inverted
         samples or, from Tweedie, the stabilised std times the slope of ``invert_sample`` at the
         posterior mean (first-order error propagation), all in the units of ``y``. Data units in
         and out unless ``space="model"``. ``steps`` and ``sampler`` default to those of
-        :func:`ambient_med.sampling.denoise_posterior`."""
+        :func:`ambient_med.diffusion.sampling.denoise_posterior`."""
         self._check_space(space)
         opts = {k: v for k, v in (("steps", steps), ("sampler", sampler)) if v is not None}
         opts["uncertainty"] = uncertainty
@@ -376,10 +382,10 @@ class AmbientPrior:
         """The ``k`` leading posterior principal components of ``x0`` given ``y = x0 + sigma_y e``
         (Gaussian noise; ``sigma_y`` defaults to ``sigma_n``): the eigenpairs of Tweedie's
         ``Cov[x0 | y] = sigma_y^2 dD/dy`` (Manor and Michaeli, ICLR 2024;
-        :func:`ambient_med.tweedie.posterior_principal_components`, whose options ``kwargs``
+        :func:`ambient_med.diffusion.tweedie.posterior_principal_components`, whose options ``kwargs``
         pass to). Returns the variances ``(N, k)``, in squared data units, and unit-norm
         components ``(N, k, C, *spatial)`` (complex for complex data) unless ``space="model"``."""
-        from .tweedie import posterior_principal_components
+        from .diffusion.tweedie import posterior_principal_components
 
         self._check_space(space)
         if self.noise_model is not None and self.noise_model.name != "gaussian":

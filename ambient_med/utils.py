@@ -1,8 +1,15 @@
-"""Small shared helpers: N-D broadcasting and device selection."""
+"""Small shared helpers: the denoiser type, N-D broadcasting and device selection."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``D(x, sigma)``: a batch ``(N, C, *spatial)`` and per-sample noise levels ``(N,)`` (or a
+scalar) in, the estimate of ``E[x_0 | x_sigma = x]`` out, in model space (docs/design.md
+section 3). Networks, closed-form denoisers and data-consistent wrappers all take this form."""
 
 
 def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -39,3 +46,28 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
     elif name != "cpu":
         raise ConfigError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
+
+
+def parse_sigma(value, option: str = "--sigma", words: tuple[str, ...] = ("auto",),
+                allow_zero: bool = False) -> str | float:
+    """A noise level as the user gives it: one of ``words`` (case-insensitive) or a finite
+    number, ``> 0`` (``>= 0`` with ``allow_zero``: 0 means clean data). A bad value is a
+    ``ConfigError`` naming ``option``. The one parser of ``--sigma`` and ``--sigma-n``."""
+    from .errors import ConfigError
+
+    bound = ">= 0" if allow_zero else "> 0"
+    choices = " or ".join(f"'{w}'" for w in words)
+    what = f"{option} must be {choices} or a finite number {bound}"
+    if isinstance(value, str):
+        if value.strip().lower() in words:
+            return value.strip().lower()
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what}, got {value!r}")
+    value = float(value)
+    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+        raise ConfigError(f"{what}{' (0 means clean data)' if allow_zero else ''}, got {value}")
+    return value

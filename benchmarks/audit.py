@@ -16,7 +16,7 @@ Priors (``mri_recon.train_priors``: the package's training loop, equal budget): 
 clean images, ``ambient+consistency`` on one noisy version of each. ``--steps`` x ``--batch-size``
 is many epochs of 64 images (250 at the defaults), as long as the CPU budget allows.
 
-The audit is ``ambient_med.audit.audit`` (the code behind ``ambient-med audit``):
+The audit is ``ambient_med.tasks.audit.audit`` (the code behind ``ambient-med audit``):
 
 1. ``--n-samples`` samples (Heun, the package's default steps); for each, the largest normalised
    correlation ``rho`` (over real and imaginary channels) with any *clean* training image; the
@@ -48,10 +48,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mri_recon import (MARKER, MNI, RESULTS, mni_slices, smooth_phase, intensity_scale,  # noqa: E402
-                       sigma_at_snr, train_priors)
+from mri_recon import MARKER, MNI, RESULTS, intensity_scale, mni_slices, sigma_at_snr, smooth_phase, train_priors  # noqa: E402
 
-from ambient_med.audit import attack_error, audit, audit_space, nearest_correlation  # noqa: E402
+from ambient_med.tasks.audit import attack_error, audit, audit_space, nearest_correlation  # noqa: E402
 
 OBJECTIVES = ("clean", "ambient+consistency")
 

@@ -1,6 +1,6 @@
 """What a prior learns below the data noise, judged on a closed-form law with exact zeros.
 
-The law is `ambient_med.synthetic.air_mixture()`: 8x8 images, a mixture of four Gaussian
+The law is `ambient_med.synthetic.mixtures.air_mixture()`: 8x8 images, a mixture of four Gaussian
 components (an all-zero "air" image, a smooth, a grainy and a ring-shaped object on a disc;
 every image is 0 outside the disc). Its MMSE denoiser, posterior covariance and moments are
 closed forms, so every objective is scored against the truth. Grain below `sigma_n` shows
@@ -55,10 +55,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ambient_med.losses import LossConfig
-from ambient_med.sampling import sample
-from ambient_med.synthetic import air_mask, air_mixture, gaussian_frechet_distance, radial_power_bands
-from ambient_med.train import TensorDataset, TrainConfig, train
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.sampling import sample
+from ambient_med.synthetic.mixtures import air_mask, air_mixture, gaussian_frechet_distance, radial_power_bands
+from ambient_med.training.loop import TensorDataset, TrainConfig, train
 from ambient_med.utils import append_dims, as_sigma
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -98,7 +98,7 @@ OBJECTIVES: dict[str, dict] = {
 
 class MLPDenoiser(nn.Module):
     """``D(x, s) = c_skip x + c_out F(c_in x, c_noise)`` (EDM preconditioning, as
-    ``ambient_med.networks.EDMDenoiser``) with ``F`` a residual MLP on the flattened image whose
+    ``ambient_med.diffusion.networks.EDMDenoiser``) with ``F`` a residual MLP on the flattened image whose
     blocks are modulated (FiLM) by Fourier features of ``c_noise = ln(s)/4``."""
 
     def __init__(self, shape=SHAPE, width: int = 256, depth: int = 4, sigma_data: float = 1.0,
@@ -257,12 +257,12 @@ ANALYSIS = "<!-- analysis -->"
 def posterior_scores(model, truth: Truth, sigma_n: float, n: int) -> dict:
     """Denoising ``y = x0 + sigma_n e``: the per-pixel posterior std from 8 posterior samples
     (the package's ``denoise_posterior``, 32 steps) and from Tweedie's second moment at sigma_n
-    (``ambient_med.tweedie.posterior_variance``, period 4: 16 probes), against the exact
+    (``ambient_med.diffusion.tweedie.posterior_variance``, period 4: 16 probes), against the exact
     posterior std; each map's mean variance over the exact one (calibration), its Pearson
     correlation with the exact std, and the coverage of ``|x0 - mean| <= 2 std`` on the disc
     pixels (mean: D(y, sigma_n); a Gaussian posterior with the exact std covers 95.4%)."""
-    from ambient_med.sampling import denoise_posterior
-    from ambient_med.tweedie import posterior_variance
+    from ambient_med.diffusion.sampling import denoise_posterior
+    from ambient_med.diffusion.tweedie import posterior_variance
 
     dist = truth.dist
     g = torch.Generator().manual_seed(21)
@@ -383,7 +383,7 @@ def _med(v):
 
 
 def markdown(agg: dict, args) -> str:
-    lines = [f"# Below the noise floor: objectives on the air mixture (`benchmarks/below_noise.py`)", "",
+    lines = ["# Below the noise floor: objectives on the air mixture (`benchmarks/below_noise.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, one core per run. "
              f"Budget {args.minutes:g} CPU-minutes of training per run (equal for every objective: "
              f"each run times its own steps first), batch {args.batch_size}, lr {args.lr:g} "

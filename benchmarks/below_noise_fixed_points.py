@@ -2,7 +2,7 @@
 
 For each variant (``distill``, the package default; ``anchored``; ``pair``) and each law (the air
 mixture, a Gaussian mixture of fields, an i.i.d. pixel mixture, a Gaussian field, +-1 pixels) this
-measures, with :func:`ambient_med.fixed_points.expected_update`, the expected update of the term
+measures, with :func:`ambient_med.diffusion.fixed_points.expected_update`, the expected update of the term
 along three directions (toward the exact denoiser, a constant offset, a scale) and its z-score:
 
 - at the exact denoisers (stationarity: every |z| should stay below 3);
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ambient_med.fixed_points import expected_update, identity_below
-from ambient_med.losses import LossConfig
-from ambient_med.synthetic import GaussianField, GaussianMixtureField, PixelMixture, air_mixture
+from ambient_med.diffusion.fixed_points import expected_update, identity_below
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, PixelMixture, air_mixture
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("distill", "anchored", "pair")

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
-from ambient_med.losses import LossConfig, consistency_loss
-from ambient_med.synthetic import GaussianField, GaussianMixtureField, PixelMixture
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.objective import consistency_loss
+from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, PixelMixture
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

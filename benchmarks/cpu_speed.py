@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from ambient_med.config import load_protocol
-from ambient_med.ema import ema_update
-from ambient_med.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.training.config import load_protocol
+from ambient_med.training.ema import ema_update
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # protocol -> (channels, image size, CPU batch): the knee protocol's complex images are 2 channels
@@ -119,8 +119,8 @@ def quality(args, variants=("baseline", "channels_last", "cpu")) -> list[dict]:
     import yaml
     from PIL import Image
 
-    from ambient_med.denoise_io import denoise_file
-    from ambient_med.run import run_training
+    from ambient_med.tasks.denoise import denoise_file
+    from ambient_med.tasks.train import run_training
 
     raw = sorted((FMD / "raw" / str(args.field)).glob("*.png"))
     ref = np.asarray(Image.open(next((FMD / "gt" / str(args.field)).glob("*.png"))), dtype=np.float64)

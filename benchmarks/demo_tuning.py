@@ -67,11 +67,11 @@ OLD_DEMO_LOSS = {"p_mean": -1.0, "p_std": 1.2, "consistency_step_ratio": [0.8, 0
 
 
 def run_variant(name: str, loss: dict, steps: int, work: Path, data: Path) -> dict:
-    from ambient_med.config import load_protocol
-    from ambient_med.demo import TRUE_SIGMA, background_noise, psnr
-    from ambient_med.phantoms import make_phantom_dataset
     from ambient_med.prior import AmbientPrior
-    from ambient_med.run import run_training
+    from ambient_med.synthetic.phantoms import make_phantom_dataset
+    from ambient_med.tasks.demo import TRUE_SIGMA, background_noise, psnr
+    from ambient_med.tasks.train import run_training
+    from ambient_med.training.config import load_protocol
 
     d = load_protocol("demo").to_dict()
     d["name"] = f"tune-{name}"

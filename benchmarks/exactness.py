@@ -42,12 +42,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambient_med.losses import LossConfig, objective_loss
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.sampling import sample
-from ambient_med.synthetic import (GaussianField, frechet_to_truth, gaussian_frechet_distance,
-                                   radial_power_bands)
-from ambient_med.train import TensorDataset, TrainConfig, train
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.objective import objective_loss
+from ambient_med.diffusion.sampling import sample
+from ambient_med.synthetic.mixtures import (
+    GaussianField,
+    frechet_to_truth,
+    gaussian_frechet_distance,
+    radial_power_bands,
+)
+from ambient_med.training.loop import TensorDataset, TrainConfig, train
 from ambient_med.utils import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"

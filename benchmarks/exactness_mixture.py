@@ -47,13 +47,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exactness import OBJECTIVES, RATIOS, RESULTS, network_config, time_steps  # noqa: E402
 
-from ambient_med.losses import LossConfig  # noqa: E402
-from ambient_med.networks import EDMDenoiser  # noqa: E402
-from ambient_med.sampling import sample  # noqa: E402
-from ambient_med.synthetic import (GaussianMixtureField, gaussian_frechet_distance,  # noqa: E402
-                                   radial_power_bands)
-from ambient_med.train import TensorDataset, TrainConfig, train  # noqa: E402
+from ambient_med.diffusion.losses import LossConfig  # noqa: E402
+from ambient_med.diffusion.networks import EDMDenoiser  # noqa: E402
+from ambient_med.diffusion.sampling import sample  # noqa: E402
+from ambient_med.synthetic.mixtures import GaussianMixtureField, gaussian_frechet_distance, radial_power_bands  # noqa: E402
+from ambient_med.training.loop import TensorDataset, TrainConfig, train  # noqa: E402
 from ambient_med.utils import resolve_device  # noqa: E402
+
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -7,7 +7,7 @@ averages. Every learned method trains on random patches of the *single raw captu
 1-4 (the oracle also sees their averages, nothing else does); all are scored on raw captures of
 field 5 against its 50-capture average, which no method ever sees.
 
-Noise model (DESIGN section 6). ``y = a Poisson(x/a) + N(mu, b)`` with ``(a, b, mu)`` fitted by
+Noise model (docs/design.md section 6). ``y = a Poisson(x/a) + N(mu, b)`` with ``(a, b, mu)`` fitted by
 :meth:`ambient_med.noise.PoissonGaussian.estimate` from the noisy data alone (per training
 folder while building the training set, per test capture at test time, as ``denoise --sigma
 auto`` does); everything works in the generalised-Anscombe domain ``z = f(y)`` (noise ~N(0, 1))
@@ -16,7 +16,7 @@ the algebraic inverse ``invert_sample``. BM3D (the ``bm3d`` package) gets the sa
 ``sigma = 1`` and the same unbiased inverse.
 
 Methods (same U-Net, ``--features``, same patches, batch, steps, optimiser and EMA for all
-learned rows; ``ambient_med.train.train`` for the three diffusion objectives):
+learned rows; ``ambient_med.training.loop.train`` for the three diffusion objectives):
 
 * ``noisy``: the raw capture;
 * ``bm3d``: BM3D on ``z`` (profile ``np``, both stages), unbiased inverse;
@@ -30,12 +30,12 @@ learned rows; ``ambient_med.train.train`` for the three diffusion objectives):
 * ``ambient+consistency``: the package's objective, posterior mean ``D(z, 1)``;
 * ``oracle (clean prior)``: the ``clean`` objective on the averages of fields 1-4 mapped to
   ``z`` by ``E[f(y) | x]`` (so that ``invert_mean`` is its exact inverse), posterior mean
-  ``D(z, 1)``: the same engine with clean data (DESIGN section 4);
+  ``D(z, 1)``: the same engine with clean data (docs/design.md section 4);
 * ``oracle (supervised)``: the same network at ``sigma = 1`` trained by MSE from raw-capture
   patches to the co-located average patches (in ``z``): the best this network learns with clean
   targets and the real, spatially correlated noise at this budget.
 
-Posterior means are computed by :func:`ambient_med.tiling.tiled_apply` over the 512x512 captures
+Posterior means are computed by :func:`ambient_med.diffusion.tiling.tiled_apply` over the 512x512 captures
 (tile = training patch, overlap a quarter). Uncertainty (``ambient+consistency``):
 ``--samples`` posterior samples by the package's stochastic posterior sampler on
 ``--unc-crops`` crops of ``--unc-size`` pixels, whole crops at a time (a convolutional network
@@ -62,20 +62,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from overrides import loss_overrides  # benchmarks/overrides.py
 
-from ambient_med.datasets import build_training_set
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig, count_parameters
+from ambient_med.diffusion.sampling import POSTERIOR_STEPS, denoise_posterior
+from ambient_med.diffusion.tiling import tiled_apply
 from ambient_med.io.discover import open_source
-from ambient_med.config import load_protocol
-from ambient_med.losses import LossConfig
-from ambient_med.networks import EDMDenoiser, NetworkConfig, count_parameters
 from ambient_med.noise import PoissonGaussian, from_dict
 from ambient_med.prior import AmbientPrior, PriorMetadata
-from ambient_med.sampling import POSTERIOR_STEPS, denoise_posterior
-from ambient_med.tiling import tiled_apply
-from ambient_med.ema import ema_update
-from ambient_med.train import ResumableSampler, TrainConfig, _batches, _lr, train
-from ambient_med.transforms import RandPatchd, patch_seed
-from overrides import loss_overrides  # benchmarks/overrides.py
+from ambient_med.training.config import load_protocol
+from ambient_med.training.datasets import build_training_set
+from ambient_med.training.ema import ema_update
+from ambient_med.training.loop import ResumableSampler, TrainConfig, _batches, _lr, train
+from ambient_med.training.transforms import RandPatchd, patch_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -215,7 +215,7 @@ def n2v_mask(x: torch.Tensor, box: int, g: torch.Generator):
 
 
 def train_custom(name, model, dataset, cfg: TrainConfig, loss_fn, log):
-    """The loop of :func:`ambient_med.train.train` (AdamW, warm-up, clipping, EMA, keyed patch
+    """The loop of :func:`ambient_med.training.loop.train` (AdamW, warm-up, clipping, EMA, keyed patch
     draws) with a loss the objectives do not offer (Noise2Void, supervised)."""
     import copy
 

@@ -33,11 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fmd  # noqa: E402  (data, network, losses and scoring of the FMD benchmark)
 
-from ambient_med.losses import LossConfig  # noqa: E402
-from ambient_med.networks import EDMDenoiser  # noqa: E402
+from ambient_med.diffusion.losses import LossConfig  # noqa: E402
+from ambient_med.diffusion.networks import EDMDenoiser  # noqa: E402
 from ambient_med.noise import PoissonGaussian  # noqa: E402
-from ambient_med.prior import AmbientPrior  # noqa: E402
-from ambient_med.train import ResumableSampler, _batches, train  # noqa: E402
+from ambient_med.training.loop import ResumableSampler, _batches, train  # noqa: E402
 
 METHODS = ("ambient+consistency", "clean", "supervised", "n2v")
 MARKS = (5.0, 15.0, 30.0, 60.0)
@@ -195,7 +194,7 @@ def write(a, curves, bm3d_psnr):
             "marks": a.marks, "torch": torch.__version__, "bm3d_psnr": bm3d_psnr}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{stem}.json").write_text(json.dumps({"curves": curves, "meta": meta}, indent=1))
-    lines = [f"# FMD learning curves on the CPU (benchmarks/fmd_curve.py)\n",
+    lines = ["# FMD learning curves on the CPU (benchmarks/fmd_curve.py)\n",
              f"{meta['date']}; fmd.py's data, network and scoring; {a.threads} torch threads; CPU-minutes "
              f"are process CPU time (all threads). BM3D: {bm3d_psnr:.2f} dB. Marks not reached within "
              f"the budget run so far ({a.budget:g} CPU-min per method) are blank.\n",

@@ -6,7 +6,7 @@ patches) it measures
 
 * training images/s, step time and peak memory for ``clean``, ``ambient`` and
   ``ambient+consistency`` (consistency active from the first step: its steady-state cost)
-  through the package's loop (``ambient_med.train.train``, in-memory data on the device);
+  through the package's loop (``ambient_med.training.loop.train``, in-memory data on the device);
 * the same for a bare PyTorch loop that does the same loss math with the same MONAI network and
   no package code (AdamW, gradient clipping and a multi-tensor EMA, as the package): the floor of
   what the framework could cost. Before timing, the bare loss is checked against the package's
@@ -53,11 +53,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ambient_med import speed  # noqa: E402
-from ambient_med.config import load_protocol  # noqa: E402
-from ambient_med.losses import LossConfig, objective_loss  # noqa: E402
-from ambient_med.networks import EDMDenoiser, NetworkConfig, count_parameters  # noqa: E402
-from ambient_med.train import TensorDataset, TrainConfig, train  # noqa: E402
+from ambient_med.diffusion.losses import LossConfig  # noqa: E402
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig, count_parameters  # noqa: E402
+from ambient_med.diffusion.objective import objective_loss  # noqa: E402
+from ambient_med.training import speed  # noqa: E402
+from ambient_med.training.config import load_protocol  # noqa: E402
+from ambient_med.training.loop import TensorDataset, TrainConfig, train  # noqa: E402
 from ambient_med.utils import resolve_device  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -470,7 +471,7 @@ def equispaced_mask(ny: int, r: int = 8, centre: float = 0.04) -> np.ndarray:
 def recon_section(shape, coils: int, batch: int, dev: torch.device, n_samples: int,
                   steps: int) -> dict:
     from ambient_med.mri.fft import fftc
-    from ambient_med.phantoms import birdcage_maps, ellipse_phantom
+    from ambient_med.synthetic.phantoms import birdcage_maps, ellipse_phantom
 
     prior = knee_prior(shape, dev)
     rng = np.random.default_rng(0)
@@ -500,10 +501,10 @@ def recon_section(shape, coils: int, batch: int, dev: torch.device, n_samples: i
 
 def data_section(size: int, coils: int, files: int, slices: int, batch: int, steps: int,
                  prep_workers: int, loader_workers: int | None, dev: torch.device, log) -> dict:
-    from ambient_med.cache import warm_cache
-    from ambient_med.config import apply_overrides
-    from ambient_med.phantoms import make_phantom_dataset
-    from ambient_med.run import build_model, load_data
+    from ambient_med.synthetic.phantoms import make_phantom_dataset
+    from ambient_med.tasks.train import build_model, load_data
+    from ambient_med.training.cache import warm_cache
+    from ambient_med.training.config import apply_overrides
 
     out = {"files": files, "slices": files * slices, "image": [size, size], "coils": coils}
     with tempfile.TemporaryDirectory(prefix="ambient_gpu_bench_") as tmp:
@@ -600,7 +601,7 @@ def markdown(res: dict) -> str:
     for key, tr in res.get("training", {}).items():
         lines += [f"\n## Training, {key}: {tr['image']} images, batch {tr['batch']}, "
                   f"{tr['parameters'] / 1e6:.1f} M parameters\n",
-                  f"Bare vs package loss on identical draws (relative difference): "
+                  "Bare vs package loss on identical draws (relative difference): "
                   + ", ".join(f"{k} {v:.1e}" for k, v in tr["bare_vs_package_loss"].items()) + "\n",
                   "| objective | package img/s | package step ms | bare img/s | bare step ms | "
                   "package / bare | peak MB (package / bare) |",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +24,11 @@ from pathlib import Path
 import h5py
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from _mri_fixtures import write_fastmri  # noqa: E402
 
-from ambient_med.cache import warm_cache  # noqa: E402
-from ambient_med.datasets import build_training_set  # noqa: E402
 from ambient_med.io import FastMRIFile  # noqa: E402
+from ambient_med.synthetic.mri import write_knee_like  # noqa: E402
+from ambient_med.training.cache import warm_cache  # noqa: E402
+from ambient_med.training.datasets import build_training_set  # noqa: E402
 
 
 def rate(n, fn):
@@ -47,7 +45,7 @@ def main():
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ambient_io_"))
     try:
-        f = write_fastmri(tmp / "file_brain.h5", slices=args.slices, coils=15, kx=640, ky=368)
+        f = write_knee_like(tmp / "file_brain.h5", slices=args.slices, coils=15, kx=640, ky=368)
         n = args.slices
         res = {"file": {"slices": n, "coils": 15, "kx": 640, "ky": 368, "bytes": f.stat().st_size}}
 

@@ -23,12 +23,15 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from magnitude_mri import N_COILS, data_file, regions
 
 from ambient_med.noise.magnitude import vst_tables
 from ambient_med.noise.piesno import (
-    background_correlation, chi_noise_mean, effective_chi, magnitude_volume_estimate,
+    background_correlation,
+    chi_noise_mean,
+    effective_chi,
+    magnitude_volume_estimate,
 )
-from magnitude_mri import N_COILS, data_file, regions
 
 
 def main() -> None:

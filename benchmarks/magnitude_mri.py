@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from overrides import loss_overrides  # benchmarks/overrides.py
 from scipy import ndimage
 
 from ambient_med.noise import from_dict
 from ambient_med.noise.piesno import chi_noise_mean, magnitude_volume_estimate
-from overrides import loss_overrides  # benchmarks/overrides.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DIPY_PIESNO = 0.010749   # dipy 1.12.1 piesno(test_piesno, N=8)
@@ -109,9 +109,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     import nibabel as nib
 
-    from ambient_med.denoise_io import denoise_file
     from ambient_med.prior import AmbientPrior
-    from ambient_med.run import run_training
+    from ambient_med.tasks.denoise import denoise_file
+    from ambient_med.tasks.train import run_training
 
     a.work.mkdir(parents=True, exist_ok=True)
     vol = np.asarray(nib.load(f).get_fdata(), dtype=np.float64)

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mri_recon as mr  # noqa: E402  (data, network and scoring of the MRI benchmark)
 from fmd_curve import Progress, curve_args  # noqa: E402
 
-from ambient_med.losses import LossConfig  # noqa: E402
+from ambient_med.diffusion.losses import LossConfig  # noqa: E402
+from ambient_med.diffusion.networks import EDMDenoiser  # noqa: E402
 from ambient_med.mri.complex import complex_to_channels  # noqa: E402
-from ambient_med.networks import EDMDenoiser  # noqa: E402
 from ambient_med.prior import AmbientPrior, PriorMetadata  # noqa: E402
-from ambient_med.train import TrainConfig, train  # noqa: E402
+from ambient_med.training.loop import TrainConfig, train  # noqa: E402
 
 OBJECTIVES = ("ambient+consistency", "naive", "clean")
 TASKS = ("denoise", "recon_R4", "recon_R8")

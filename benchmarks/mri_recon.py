@@ -19,7 +19,7 @@ slices are new anatomy levels of the same average brain, not new subjects.
 
 Priors: the three objectives at equal budget (same network, initial weights, steps, batch of
 random ``--patch`` x ``--patch`` patches, learning rate, seed), through the package's training
-loop (``ambient_med.train.train``, ``LossConfig`` defaults), one shared intensity scale ``s``
+loop (``ambient_med.training.loop.train``, ``LossConfig`` defaults), one shared intensity scale ``s``
 (``sqrt(p99(|y|^2) - 2 sigma^2)`` as ``datasets.build_training_set``), ``sigma_data`` as a user's
 run estimates it (``sqrt(var(y) - sigma_n^2)`` for ambient, ``std(y)`` for naive, ``std(x0)``
 for clean). Inference on the whole held-out images (the network is convolutional).
@@ -91,17 +91,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambient_med.datasets import intensity_scale as package_intensity_scale
-from ambient_med.losses import LossConfig
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.sampling import POSTERIOR_STEPS
 from ambient_med.mri.complex import complex_to_channels
 from ambient_med.mri.fft import fftc, ifftc
 from ambient_med.mri.operators import SenseOp
-from ambient_med.networks import EDMDenoiser, NetworkConfig
 from ambient_med.prior import AmbientPrior, PriorMetadata
 from ambient_med.recon.cg import cg
-from ambient_med.sampling import POSTERIOR_STEPS
-from ambient_med.train import TrainConfig, train
-from ambient_med.transforms import patch_seed
+from ambient_med.training.datasets import intensity_scale as package_intensity_scale
+from ambient_med.training.loop import TrainConfig, train
+from ambient_med.training.transforms import patch_seed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mri"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -21,13 +20,12 @@ import numpy as np
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from _mri_fixtures import multicoil_kspace  # noqa: E402
-
 from ambient_med import noise  # noqa: E402
-from ambient_med.datasets import build_training_set  # noqa: E402
 from ambient_med.io import open_source, read_cfl  # noqa: E402
 from ambient_med.mri import coil_combine, espirit_maps, ifftc, whiten, whitening_matrix  # noqa: E402
+from ambient_med.synthetic.mri import multicoil_kspace  # noqa: E402
+from ambient_med.tasks.noise import estimate_noise_file  # noqa: E402
+from ambient_med.training.datasets import build_training_set  # noqa: E402
 
 DIPY_PIESNO = 0.010749
 
@@ -97,7 +95,7 @@ def phantoms(n_files=1, slices=16, size=32, coils=8, sigma=0.06):
     object (whole field of view) against the sigma_n the loss is given, per slice."""
     import tempfile
 
-    from ambient_med.phantoms import make_phantom_dataset
+    from ambient_med.synthetic.phantoms import make_phantom_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         truth = make_phantom_dataset(tmp, n_files=n_files, slices=slices, size=size, coils=coils,
@@ -152,7 +150,7 @@ def piesno(data: Path):
     d = nib.load(data / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz").get_fdata()
     k14 = noise.from_magnitude(d, n_coils=8, measurements_axis=-1)
     k1 = noise.from_magnitude(d, n_coils=8)
-    cli = noise.estimate_noise_file(data / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz", n_coils=8)
+    cli = estimate_noise_file(data / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz", n_coils=8)
     return {"test_piesno": {
         "dipy_reference_sigma": DIPY_PIESNO,
         "piesno_K14_sigma": k14.sigma, "piesno_K14_rel_error_vs_dipy": k14.sigma / DIPY_PIESNO - 1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from ambient_med.losses import LossConfig
+from ambient_med.diffusion.losses import LossConfig
 
 
 def loss_overrides(pairs: list[str]) -> dict:

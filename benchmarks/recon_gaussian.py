@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     s = meta["settings"]
-    out = [f"# Reconstruction samplers with an exact Gaussian prior (benchmarks/recon_gaussian.py)\n",
+    out = ["# Reconstruction samplers with an exact Gaussian prior (benchmarks/recon_gaussian.py)\n",
            f"{meta['date']}; MNI {s['size']}x{s['size']}, {s['coils']} coils, {s['snr_db']} dB "
            f"(sigma {meta['sigma']:.4f} per real channel), test slices {meta['test_slices']}, "
            f"{s['chains']} chains per slice, CPU {s['threads']} thread(s), wall time "

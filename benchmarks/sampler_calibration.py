@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ambient_med.sampling import denoise_posterior, sample
-from ambient_med.synthetic import GaussianField, GaussianMixtureField, radial_power_bands
+from ambient_med.diffusion.sampling import denoise_posterior, sample
+from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, radial_power_bands
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELD = GaussianField((8, 8), k0=0.12)

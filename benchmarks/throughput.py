@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from ambient_med.config import DEFAULT_PROTOCOL, load_protocol
-from ambient_med.losses import OBJECTIVES
-from ambient_med.phantoms import make_phantom_dataset
-from ambient_med.run import build_model, load_data
+from ambient_med.diffusion.losses import OBJECTIVES
+from ambient_med.synthetic.phantoms import make_phantom_dataset
+from ambient_med.tasks.train import build_model, load_data
+from ambient_med.training.config import DEFAULT_PROTOCOL, load_protocol
+from ambient_med.training.loop import train
 from ambient_med.utils import resolve_device
-from ambient_med.train import train
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 

@@ -44,10 +44,8 @@ import tifffile
 import torch
 import yaml
 
-from ambient_med.config import resolve_protocol_path
-from ambient_med.microscopy.synthetic import poisson_gaussian_noise, synthetic_cells
-from ambient_med.prior import AmbientPrior
-from ambient_med.run import run_training
+from ambient_med import AmbientPrior, resolve_protocol_path, run_training
+from ambient_med.synthetic.fluorescence import poisson_gaussian_noise, synthetic_cells
 
 DATA = None   # None: synthetic 3D cells; or a TIFF with axes ZYX / TZYX
 STEPS = int(os.environ.get("AMBIENT_MED_STEPS", "2000"))

@@ -15,11 +15,17 @@ from pathlib import Path
 
 import torch
 
-from ambient_med.losses import LossConfig
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.prior import AmbientPrior, PriorMetadata
-from ambient_med.synthetic import GaussianField
-from ambient_med.train import TensorDataset, TrainConfig, train
+from ambient_med import (
+    AmbientPrior,
+    EDMDenoiser,
+    LossConfig,
+    NetworkConfig,
+    PriorMetadata,
+    TensorDataset,
+    TrainConfig,
+    train,
+)
+from ambient_med.synthetic.mixtures import GaussianField
 
 
 def main(steps: int, out: Path) -> dict:

@@ -21,12 +21,12 @@ import sigpy as sp
 import sigpy.mri as mr
 import torch
 
-from ambient_med.prior import AmbientPrior
+from ambient_med import AmbientPrior
 
 
 def simulate(size: int, coils: int, sigma: float, accel: int, centre: int, seed: int = 0):
     """Noisy multi-coil k-space of a phantom, 1-D Cartesian undersampling along the last axis."""
-    from ambient_med.phantoms import ellipse_phantom
+    from ambient_med.synthetic.phantoms import ellipse_phantom
 
     rng = np.random.default_rng(seed)
     x = ellipse_phantom(size, rng)
@@ -41,11 +41,11 @@ def simulate(size: int, coils: int, sigma: float, accel: int, centre: int, seed:
 
 def toy_prior(size: int, sigma: float, steps: int, out: Path) -> AmbientPrior:
     """A small complex prior trained from noisy phantoms only (ambient + consistency objective)."""
-    from ambient_med.losses import LossConfig
-    from ambient_med.networks import EDMDenoiser, NetworkConfig
-    from ambient_med.phantoms import ellipse_phantom
+    from ambient_med.diffusion.losses import LossConfig
+    from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
     from ambient_med.prior import PriorMetadata
-    from ambient_med.train import TensorDataset, TrainConfig, train
+    from ambient_med.synthetic.phantoms import ellipse_phantom
+    from ambient_med.training.loop import TensorDataset, TrainConfig, train
 
     torch.manual_seed(0)
     rng = np.random.default_rng(1)

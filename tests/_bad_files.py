@@ -41,11 +41,12 @@ def _kspace(n: int = 4) -> np.ndarray:
 def _write(reader: str, path: Path, x: np.ndarray) -> Path:
     """Write ``x`` in ``reader``'s format (images (n, H, W) or k-space (n, C, H, W))."""
     if reader == "h5":
-        from ambient_med.phantoms import write_fastmri_h5
         import h5py
 
+        from ambient_med.io.fastmri import write_fastmri
+
         if np.iscomplexobj(x) and x.ndim == 4:
-            return write_fastmri_h5(path, x)
+            return write_fastmri(path, x)
         with h5py.File(path, "w") as h:
             h.create_dataset("kspace", data=x)
         return path

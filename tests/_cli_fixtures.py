@@ -46,7 +46,7 @@ def tiny_protocol(folder: Path, name: str = "tiny", **sections) -> Path:
 
 def tiny_data(folder: Path, n_files: int = 1, slices: int = 8, size: int = 16, seed: int = 0) -> Path:
     """Noisy 4-coil fastMRI phantom files (k-space noise std TRUE_SIGMA) in ``folder``."""
-    from ambient_med.phantoms import make_phantom_dataset
+    from ambient_med.synthetic.phantoms import make_phantom_dataset
 
     make_phantom_dataset(folder, n_files=n_files, slices=slices, size=size, coils=4,
                          sigma=TRUE_SIGMA, seed=seed)
@@ -105,7 +105,7 @@ def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
 
 def wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int, timeout: float = 90) -> int:
     """Poll ``run/checkpoints`` until a checkpoint of at least ``min_step`` exists."""
-    from ambient_med.checkpoint import list_checkpoints
+    from ambient_med.training.checkpoint import list_checkpoints
 
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -136,7 +136,7 @@ def ddp_worker(rank: int, world: int, port: int, data: str, protocol: str, out: 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    import ambient_med.run as run
+    import ambient_med.tasks.train as run
 
     seen = {}
     inner = run.train
@@ -164,7 +164,7 @@ def ddp_stop_worker(rank: int, world: int, port: int, data: str, protocol: str, 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from ambient_med.run import run_training
+    from ambient_med.tasks.train import run_training
 
     res = run_training([data], out, protocol=protocol, sigma_n=TRUE_SIGMA, device="cpu",
                        steps=100000, handle_signals=True, previews=0)

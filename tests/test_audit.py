@@ -7,12 +7,11 @@ import json
 
 import numpy as np
 import torch
-
-from ambient_med.audit import audit, audit_space, nearest_correlation
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.prior import AmbientPrior, PriorMetadata
-
 from _cli_fixtures import assert_user_error, cli
+
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.prior import AmbientPrior, PriorMetadata
+from ambient_med.tasks.audit import audit, audit_space, nearest_correlation
 
 NET = NetworkConfig(channels=2, sigma_data=0.5, features=(8, 16), attention_levels=(False, False),
                     norm_num_groups=4, num_head_channels=8)

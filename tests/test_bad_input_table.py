@@ -13,20 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.prior import AmbientPrior, PriorMetadata
-
 from _bad_files import FAULTS, READERS, applicable, make
 from _cli_fixtures import INFO_PREFIXES, cli, tiny_protocol
+
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.prior import AmbientPrior, PriorMetadata
 
 COMMANDS = ("estimate-noise", "train", "denoise", "audit", "recon")
 
 # (reader, fault) -> commands for which the input is fine and the command must succeed
 SUCCEEDS = {
     ("tif", "grey_rgb"): {"denoise", "audit"},      # train, estimate-noise: one 16x16 frame is too
-    ("png", "grey_rgb"): {"estimate-noise", "train", "audit"},     # little for a Poisson-Gaussian fit
-    ("png", "mixed"): {"estimate-noise", "train"},                 # audit needs one size (refused)
+    ("png", "grey_rgb"): {"estimate-noise", "train", "audit", "denoise"},  # little for a PG fit
+    ("png", "mixed"): {"estimate-noise", "train", "denoise"},      # audit needs one size (refused)
     ("nii", "dtype"): {"estimate-noise", "train"},                 # complex NIfTI: complex images
 }
 

@@ -1,7 +1,7 @@
 """The default below-``sigma_n`` objective, at the package's default settings, keeps the exact
 denoiser stationary and does not keep the identity.
 
-Measured as the training loop sees the term (``ambient_med.fixed_points``): built with the model
+Measured as the training loop sees the term (``ambient_med.diffusion.fixed_points``): built with the model
 under test, then only its gradient-carrying call perturbed along a direction ``v``; the mean
 per-sample derivative over its standard error is the z-score.
 
@@ -16,9 +16,9 @@ per-sample derivative over its standard error is the z-score.
 import pytest
 import torch
 
-from ambient_med.fixed_points import expected_update, identity_below
-from ambient_med.losses import LossConfig
-from ambient_med.synthetic import GaussianField, GaussianMixtureField, PixelMixture, air_mixture
+from ambient_med.diffusion.fixed_points import expected_update, identity_below
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, PixelMixture, air_mixture
 
 AIR = air_mixture()
 FIELDMIX = GaussianMixtureField((8, 8))

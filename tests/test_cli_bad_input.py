@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from ambient_med.phantoms import ellipse_phantom, write_fastmri_h5
-
 from _cli_fixtures import assert_user_error, cli, tiny_data, tiny_protocol
+
+from ambient_med.io.fastmri import write_fastmri
+from ambient_med.synthetic.phantoms import ellipse_phantom
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_unreadable_not_hdf5(env):
 
 def test_unreadable_permission(env, monkeypatch):
     f = env["tmp"] / "locked.h5"
-    write_fastmri_h5(f, np.ones((2, 2, 16, 16), np.complex64))
+    write_fastmri(f, np.ones((2, 2, 16, 16), np.complex64))
     os.chmod(f, 0)
     if os.geteuid() == 0:  # root reads anything: simulate the permission error h5py would raise
         import ambient_med.io.fastmri as fm
@@ -78,7 +78,7 @@ def test_nan_and_inf(env):
                     np.ones((1, 2, 1, 1)))
     k = (k + 0.05 * np.random.default_rng(1).standard_normal(k.shape)).astype(np.complex64)
     k[2, 0, 3, 3] = np.nan
-    f = write_fastmri_h5(env["tmp"] / "nan.h5", k)
+    f = write_fastmri(env["tmp"] / "nan.h5", k)
     assert_user_error(train(env, f, "--sigma-n", "0.05"), "nan.h5", "NaN or Inf")
     g = env["tmp"] / "inf.npy"
     a = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
@@ -162,7 +162,7 @@ def test_cuda_requested_without_cuda(env):
 
 
 def test_out_of_memory(env, monkeypatch):
-    import ambient_med.run as run
+    import ambient_med.tasks.train as run
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

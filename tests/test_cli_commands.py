@@ -9,11 +9,10 @@ import json
 import numpy as np
 import pytest
 import yaml
-
-from ambient_med.networks import count_parameters
-from ambient_med.prior import AmbientPrior
-
 from _cli_fixtures import TRUE_SIGMA, assert_user_error, cli, one_thread, tiny_data, tiny_protocol
+
+from ambient_med.diffusion.networks import count_parameters
+from ambient_med.prior import AmbientPrior
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,7 @@ def test_resume_of_a_finished_run_extends_it(trained, tmp_path):
 
 
 def test_demo_small(tmp_path):
-    from ambient_med.demo import run_demo
+    from ambient_med.tasks.demo import run_demo
 
     with one_thread():
         rep = run_demo(tmp_path / "demo", steps=3, device="cpu", n_files=1, slices=16,

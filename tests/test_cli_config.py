@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
-from ambient_med.config import (DataConfig, apply_overrides, available_protocols, load_protocol,
-                                load_resolved, parse_sigma_n, save_resolved)
-from ambient_med.errors import ConfigError
-from ambient_med.losses import LossConfig
-from ambient_med.networks import NetworkConfig
-
 from _cli_fixtures import tiny_protocol
+
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import NetworkConfig
+from ambient_med.errors import ConfigError
+from ambient_med.training.config import (
+    DataConfig,
+    apply_overrides,
+    available_protocols,
+    load_protocol,
+    load_resolved,
+    parse_sigma_n,
+    save_resolved,
+)
 
 
 def test_packaged_protocols_cover_the_issue_and_validate():

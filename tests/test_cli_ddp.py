@@ -11,11 +11,9 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _cli_fixtures import ddp_stop_worker, ddp_worker, free_port, subprocess_env, tiny_data, tiny_protocol
 
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-
-from _cli_fixtures import (ddp_stop_worker, ddp_worker, free_port, subprocess_env, tiny_data,
-                           tiny_protocol)
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
                                 not torch.distributed.is_gloo_available(),
@@ -76,7 +74,7 @@ def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_step(env):
     import signal
     import time
 
-    from ambient_med.checkpoint import list_checkpoints
+    from ambient_med.training.checkpoint import list_checkpoints
 
     dump = env["tmp"] / "dump_stop"
     dump.mkdir()

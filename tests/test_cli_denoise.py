@@ -6,9 +6,9 @@ import pytest
 import tifffile
 from _cli_fixtures import assert_user_error, cli
 from _micro_fixtures import A, B
+from test_noise_model_training import _stub_prior
 
 from ambient_med import noise
-from test_noise_model_training import _stub_prior
 
 
 @pytest.fixture
@@ -23,8 +23,9 @@ def stub_prior(tmp_path):
 
 @pytest.fixture
 def patched(monkeypatch, stub_prior, tmp_path):
-    import ambient_med.prior as P
     from test_noise_model_training import MeanDenoiser
+
+    import ambient_med.prior as P
 
     monkeypatch.setattr(P, "EDMDenoiser", lambda cfg: MeanDenoiser())
     monkeypatch.setattr(P.NetworkConfig, "from_dict", staticmethod(lambda d: d))
@@ -33,7 +34,7 @@ def patched(monkeypatch, stub_prior, tmp_path):
 
 
 def _flat(tmp_path, m=30.0, shape=(40, 40)):
-    from ambient_med.microscopy.synthetic import poisson_gaussian_noise
+    from ambient_med.synthetic.fluorescence import poisson_gaussian_noise
 
     y = poisson_gaussian_noise(np.full(shape, m), A, B, rng=np.random.default_rng(0)).astype(np.float32)
     f = tmp_path / "in.tif"
@@ -120,3 +121,39 @@ def test_denoise_png_frame_keeps_its_dtype_and_reports_the_noise_fit(patched, tm
         assert float(mean.mean()) == pytest.approx(30.0, rel=0.15)
         std = tifffile.imread(tmp_path / f"den_{np.dtype(dt).name}_std.tif")   # float, not rounded
         assert std.dtype == np.float32 and std.shape == y.shape and np.all(std >= 0)
+
+
+def test_denoise_saves_posterior_samples_in_the_input_format(patched, tmp_path):
+    f, y = _flat(tmp_path, shape=(16, 16))
+    out = tmp_path / "out.tif"
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", out, "--samples", "3", "--save-samples",
+            "--sigma", "prior", "--no-progress")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    draws = [tifffile.imread(tmp_path / f"out_sample{k}.tif") for k in (1, 2, 3)]
+    assert all(d.shape == y.shape for d in draws) and not np.allclose(draws[0], draws[1])
+    # the std map is the std of exactly these samples
+    assert np.allclose(tifffile.imread(tmp_path / "out_std.tif"), np.std(draws, axis=0, ddof=1), rtol=1e-4, atol=1e-4)
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", tmp_path / "o2.tif", "--save-samples",
+            "--no-progress")
+    assert_user_error(r, "--save-samples", "--samples")
+
+
+def test_denoise_a_folder_of_frames_into_a_folder(patched, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "frames"
+    src.mkdir()
+    _, y = _flat(tmp_path, shape=(64, 64))
+    for i in range(3):
+        Image.fromarray(np.clip(np.rint(y + i), 0, 255).astype(np.uint8)).save(src / f"f{i}.png")
+    (src / "notes.txt").write_text("not an image")
+    out = tmp_path / "denoised"
+    r = cli("denoise", "--prior", patched, "--input", src, "--out", out, "--no-progress")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert sorted(p.name for p in out.iterdir()) == ["f0.png", "f0_std.tif", "f1.png", "f1_std.tif",
+                                                     "f2.png", "f2_std.tif"]
+    assert r.stderr.count("noise model poisson-gaussian") == 3       # one fit per frame
+    r = cli("denoise", "--prior", patched, "--input", src, "--out", out, "--no-progress")
+    assert_user_error(r, "f0.png", "--overwrite")
+    r = cli("denoise", "--prior", patched, "--input", src, "--out", src, "--overwrite", "--no-progress")
+    assert_user_error(r, "other than the input")

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from ambient_med.checkpoint import list_checkpoints
-
 from _cli_fixtures import assert_user_error, cli, tiny_data, tiny_protocol
+
+from ambient_med.training.checkpoint import list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def test_sigma_n_at_or_above_the_data_std_is_refused_before_training(env, sigma)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(env, monkeypatch):
-    import ambient_med.train as train_mod
+    import ambient_med.training.loop as train_mod
 
     real, calls = train_mod.objective_loss, {"n": 0}
 
@@ -59,7 +58,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(env, monkeypat
 
 
 def test_denoise_at_sigma_zero_is_the_identity():
-    from ambient_med.networks import EDMDenoiser, NetworkConfig
+    from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
     from ambient_med.prior import AmbientPrior, PriorMetadata
 
     torch.manual_seed(0)

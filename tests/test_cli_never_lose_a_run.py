@@ -9,11 +9,10 @@ import signal
 
 import pytest
 import torch
-
-from ambient_med.checkpoint import list_checkpoints
-from ambient_med.prior import AmbientPrior
-
 from _cli_fixtures import cli, kill_9_after_checkpoint, start_cli, tiny_data, tiny_protocol, wait_for_checkpoint
+
+from ambient_med.prior import AmbientPrior
+from ambient_med.training.checkpoint import list_checkpoints
 
 STEPS = 40
 

@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from ambient_med.checkpoint import list_checkpoints
-from ambient_med.prior import AmbientPrior
-from ambient_med.train import ResumableSampler
-
 from _cli_fixtures import cli, kill_9_after_checkpoint, tiny_data, tiny_protocol
+
+from ambient_med.prior import AmbientPrior
+from ambient_med.training.checkpoint import list_checkpoints
+from ambient_med.training.loop import ResumableSampler
 
 STEPS = 24
 
@@ -58,7 +57,7 @@ def test_patch_protocol_resumes_bit_for_bit_after_kill_9(env):
 
 
 def test_workers_draw_distinct_offsets_that_any_process_reproduces(tmp_path):
-    from ambient_med.datasets import DrawKey, build_training_set
+    from ambient_med.training.datasets import DrawKey, build_training_set
     # 8 identical images whose pixels encode their position: a patch reveals its offset
     img = np.arange(32 * 32, dtype=np.float32).reshape(32, 32) + 1
     np.save(tmp_path / "same.npy", np.stack([img] * 8))
@@ -80,7 +79,7 @@ def test_workers_draw_distinct_offsets_that_any_process_reproduces(tmp_path):
 def test_one_image_fills_an_epoch_of_distinct_patches(tmp_path):
     """An epoch is a number of patch draws: one image gives MIN_EPOCH_DRAWS draws of distinct
     patches, seeded by (seed, epoch, draw), not one item repeated."""
-    from ambient_med.datasets import MIN_EPOCH_DRAWS, DrawKey, build_training_set
+    from ambient_med.training.datasets import MIN_EPOCH_DRAWS, DrawKey, build_training_set
     img = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) + 1
     np.save(tmp_path / "one.npy", img)
     ds, info = build_training_set([tmp_path / "one.npy"], sigma_n=0.0, patch_size=(8, 8))

@@ -9,11 +9,10 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-
-from ambient_med.autoprotocol import choose_protocol
-from ambient_med.errors import ConfigError
-
 from _cli_fixtures import assert_user_error, cli, tiny_data, tiny_protocol
+
+from ambient_med.errors import ConfigError
+from ambient_med.training.autoprotocol import choose_protocol
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,8 @@ def test_a_free_text_key_is_refused(env):
 
 
 def test_nifti_3d_reorients_to_closest_canonical(tmp_path):
-    from ambient_med.config import load_protocol
-    from ambient_med.datasets import build_training_set
+    from ambient_med.training.config import load_protocol
+    from ambient_med.training.datasets import build_training_set
 
     assert load_protocol("nifti-3d").data.reorient
     vol = np.random.default_rng(1).uniform(1, 2, (8, 6, 4)).astype(np.float32)

@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 
-from ambient_med.losses import LossConfig, consistency_loss
-from ambient_med.synthetic import GaussianField, GaussianMixtureField, PixelMixture
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.objective import consistency_loss
+from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, PixelMixture
 
 FIELDMIX = GaussianMixtureField((8, 8))
 PIXMIX = PixelMixture(weights=(0.5, 0.3, 0.2), means=(-1.2, 0.4, 1.8), stds=(0.3, 0.5, 0.2))

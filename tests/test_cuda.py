@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from ambient_med.losses import LossConfig
-from ambient_med.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 from ambient_med.prior import AmbientPrior, PriorMetadata
-from ambient_med.synthetic import GaussianField
-from ambient_med.train import TensorDataset, TrainConfig, train
+from ambient_med.synthetic.mixtures import GaussianField
+from ambient_med.training.loop import TensorDataset, TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 NET = NetworkConfig(sigma_data=1.0, features=(8, 16), attention_levels=(False, True),

@@ -1,8 +1,9 @@
 """The self-distillation cache: its refresh schedule (``distill_every``) and its checkpoint state."""
 import torch
 
-from ambient_med.distill import CleanCache
-from ambient_med.losses import LossConfig, objective_loss
+from ambient_med.diffusion.distill import CleanCache
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.objective import objective_loss
 
 
 class Recorder(torch.nn.Module):
@@ -73,7 +74,7 @@ def test_refresh_takes_at_most_one_batch_and_state_round_trips():
 def test_distill_every_is_refused_for_other_variants_and_below_one():
     import pytest
 
-    from ambient_med.losses import inactive_keys
+    from ambient_med.diffusion.losses import inactive_keys
 
     assert "distill_every" in inactive_keys(LossConfig(consistency_variant="pair"))
     assert "distill_every" not in inactive_keys(LossConfig())

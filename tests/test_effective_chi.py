@@ -150,7 +150,7 @@ def test_denoise_auto_fits_the_effective_model_again():
     on the input; PIESNO at N_eff alone would give another sigma (a shifted stabilised air)."""
     import torch
 
-    from ambient_med.networks import NetworkConfig
+    from ambient_med.diffusion.networks import NetworkConfig
     from ambient_med.prior import PriorMetadata
 
     m = sum_of_squares(np.random.default_rng(4), 3, 2.0, disc())

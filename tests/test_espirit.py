@@ -9,7 +9,7 @@ from _mri_fixtures import shared_data
 from ambient_med.io import read_cfl
 from ambient_med.mri.coils import espirit_calib_2d
 from ambient_med.mri.fft import fftc
-from ambient_med.phantoms import birdcage_maps, ellipse_phantom
+from ambient_med.synthetic.phantoms import birdcage_maps, ellipse_phantom
 
 
 def _phantom_kspace(n=48, coils=8, sigma=0.02, seed=0):

@@ -6,9 +6,9 @@ import pytest
 from _cli_fixtures import cli
 from _micro_fixtures import write_cells_tif
 
-from ambient_med.autoprotocol import choose_protocol
-from ambient_med.config import load_protocol
 from ambient_med.prior import AmbientPrior
+from ambient_med.training.autoprotocol import choose_protocol
+from ambient_med.training.config import load_protocol
 
 
 def test_microscopy_protocols_load_with_tiff_reader_and_poisson_gaussian():
@@ -41,6 +41,23 @@ def test_train_on_a_tif_end_to_end(tmp_path):
     assert "not supported" not in r.stderr
     prior = AmbientPrior.load(tmp_path / "run" / "prior.safetensors")
     assert prior.metadata.noise["name"] == "poisson-gaussian" and prior.metadata.training["steps"] == 3
+    # on a CPU the data choose the CPU preset, and the first lines say so
+    assert "protocol: microscopy-2d-cpu (chosen from the data" in r.stderr and "on a CPU" in r.stderr
+    assert tuple(prior.metadata.network["features"]) == (16, 32, 32)
+    # 3 steps: the warm-up is cut to a tenth of the run, and said
+    assert "learning-rate warm-up: 1 steps (a tenth of the run; the protocol says 100)" in r.stderr
+
+
+def test_a_named_protocol_is_kept_on_a_cpu(tmp_path):
+    """Only a protocol chosen from the data is swapped for its CPU preset; a named one is the user's."""
+    tif = write_cells_tif(tmp_path / "cells.tif", n=4, size=64)
+    r = cli("train", "--data", tif, "--out", tmp_path / "run", "--protocol", "microscopy-2d", "--steps", "20",
+            "--batch-size", "2", "--previews", "0", "--no-progress", "--device", "cpu")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert "microscopy-2d-cpu" not in r.stderr + r.stdout
+    assert "learning-rate warm-up: 2 steps" in r.stderr
+    prior = AmbientPrior.load(tmp_path / "run")
+    assert tuple(prior.metadata.network["features"]) == (32, 64, 64)
     assert prior.metadata.noise["a"] == pytest.approx(2.0, rel=0.3)
 
 
@@ -51,7 +68,6 @@ def test_estimate_noise_answers_with_the_model_train_uses(tmp_path):
 
     import nibabel as nib
     import numpy as np
-
     from _cli_fixtures import assert_user_error, cli
     from _micro_fixtures import A, write_cells_tif
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ambient_med.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 
 TINY = dict(features=(8, 16), attention_levels=(False, True), norm_num_groups=4,
             num_head_channels=8)

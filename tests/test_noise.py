@@ -6,7 +6,7 @@ from _mri_fixtures import coil_covariance, correlated_noise, multicoil_kspace
 
 from ambient_med import noise
 from ambient_med.errors import NoiseEstimateError
-from ambient_med.mri import coil_combine, espirit_maps, fftc, ifftc, whiten, whitening_matrix
+from ambient_med.mri import coil_combine, espirit_maps, ifftc, whiten, whitening_matrix
 
 SNRS = [5, 10, 20, 30, 40]
 
@@ -38,14 +38,14 @@ def test_whitened_noise_is_white_with_target_sigma():
 
 @pytest.mark.parametrize("snr_db", [5, 40])
 def test_coil_combined_image_noise_equals_kspace_sigma(snr_db):
-    """DESIGN section 6: whiten, ESPIRiT maps with sum |S|^2 = 1, orthonormal FFT ->
+    """docs/design.md section 6: whiten, ESPIRiT maps with sum |S|^2 = 1, orthonormal FFT ->
     the coil-combined complex image has white noise of the k-space sigma (per real channel)."""
     k, _, nz, _, _ = multicoil_kspace(n=128, coils=8, snr_db=snr_db, seed=100 + snr_db)
     est = noise.from_kspace(k, fraction=0.2)
     W = whitening_matrix(est.covariance)  # sigma_out = rms coil sigma
     kw = whiten(k, W)
     sigma_k = noise.from_kspace(kw, fraction=0.2).sigma
-    maps = espirit_maps(kw)
+    maps = espirit_maps(kw, sigma=sigma_k)
     support = np.sum(np.abs(maps) ** 2, axis=0) > 0.5
     comb_noise = coil_combine(ifftc(whiten(nz, W)), maps)[support]  # same linear map, noise only
     for part in (comb_noise.real, comb_noise.imag):

@@ -10,9 +10,10 @@ from _cli_fixtures import assert_user_error, cli
 from _mri_fixtures import shared_data
 
 from ambient_med import noise
-from ambient_med.config import apply_overrides, load_protocol, protocol_from_dict
 from ambient_med.errors import ConfigError, NoiseEstimateError
-from ambient_med.phantoms import make_phantom_dataset, write_fastmri_h5
+from ambient_med.io.fastmri import write_fastmri
+from ambient_med.synthetic.phantoms import make_phantom_dataset
+from ambient_med.training.config import apply_overrides, load_protocol, protocol_from_dict
 
 DIPY_PIESNO = 0.010749  # dipy 1.12.1 piesno(test_piesno, N=8); dipy is not a dependency
 
@@ -33,7 +34,7 @@ def test_estimate_noise_cli_with_n_coils_matches_dipy():
 
 def test_train_path_estimate_with_n_coils_matches_dipy():
     """What ``train --protocol nifti-3d --sigma-n auto --n-coils 8`` estimates (run.load_data)."""
-    from ambient_med.run import load_data
+    from ambient_med.tasks.train import load_data
 
     proto = apply_overrides(load_protocol("nifti-3d"), {"data": {"n_coils": 8, "sigma_n": "auto"}})
     _, info = load_data([str(_piesno_file())], proto, "auto")
@@ -78,7 +79,7 @@ def test_estimate_noise_cli_refuses_nan_anywhere(tmp_path):
     with h5py.File(truth["files"][0], "r") as f:
         k = f["kspace"][()]
     k[0, 0, 3, 3] = np.nan  # not the middle slice the estimator reads
-    bad = write_fastmri_h5(tmp_path / "nan.h5", k)
+    bad = write_fastmri(tmp_path / "nan.h5", k)
     assert_user_error(cli("estimate-noise", bad), "nan.h5", "NaN or Inf")
     vol = np.abs(np.random.default_rng(0).normal(size=(16, 16, 4))).astype(np.float32)
     vol[1, 2, 3] = np.inf

@@ -1,4 +1,4 @@
-"""Training and inference under a noise model (DESIGN section 6): Poisson-Gaussian microscopy
+"""Training and inference under a noise model (docs/design.md section 6): Poisson-Gaussian microscopy
 and noncentral-chi magnitudes are variance-stabilised for training, the prior records the
 model, and ``denoise`` / ``posterior`` return results in the units of the input."""
 
@@ -29,7 +29,7 @@ def _raw_metadata(path):
 
 
 def test_prior_trained_on_poisson_gaussian_cells_records_the_model(tmp_path):
-    from ambient_med.run import run_training
+    from ambient_med.tasks.train import run_training
 
     tif = write_cells_tif(tmp_path / "cells.tif", n=6, size=32)
     logs = []
@@ -83,7 +83,7 @@ def test_denoise_returns_input_units_through_the_unbiased_inverse(m):
     gives m back; the algebraic inverse would be biased low (Jensen), visibly at low counts."""
     model = noise.PoissonGaussian(A, B)
     rng = np.random.default_rng(1)
-    from ambient_med.microscopy.synthetic import poisson_gaussian_noise
+    from ambient_med.synthetic.fluorescence import poisson_gaussian_noise
 
     y = torch.as_tensor(poisson_gaussian_noise(np.full((1, 1, 128, 128), m), A, B, rng=rng), dtype=torch.float32)
     prior = _stub_prior(model)
@@ -101,7 +101,7 @@ def test_denoise_returns_input_units_through_the_unbiased_inverse(m):
 
 def test_posterior_samples_and_std_are_in_input_units():
     model = noise.PoissonGaussian(A, B)
-    from ambient_med.microscopy.synthetic import poisson_gaussian_noise
+    from ambient_med.synthetic.fluorescence import poisson_gaussian_noise
 
     m = 20.0   # flat: the stub's posterior mean is exact there, so mean and samples come back near m
     y = torch.as_tensor(poisson_gaussian_noise(np.full((1, 1, 32, 32), m), A, B, rng=np.random.default_rng(3)),
@@ -120,7 +120,7 @@ def test_tweedie_std_is_mapped_back_to_input_units():
     stabilised domain is 1/N per pixel (unit noise, N pixels); through the slope of the inverse
     transform it becomes the noise std at the mean, sqrt(a m + b), over sqrt(N)."""
     model = noise.PoissonGaussian(A, B)
-    from ambient_med.microscopy.synthetic import poisson_gaussian_noise
+    from ambient_med.synthetic.fluorescence import poisson_gaussian_noise
 
     m = 20.0
     y = torch.as_tensor(poisson_gaussian_noise(np.full((1, 1, 32, 32), m), A, B, rng=np.random.default_rng(4)),

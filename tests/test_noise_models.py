@@ -1,4 +1,4 @@
-"""Noise models (ambient_med.noise): estimate, stabilise, invert; DESIGN section 6."""
+"""Noise models (ambient_med.noise): estimate, stabilise, invert; docs/design.md section 6."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ambient_med.errors import ConfigError
-from ambient_med.microscopy import poisson_gaussian_noise, synthetic_cells
 from ambient_med.noise import Gaussian, NoncentralChi, PoissonGaussian, Rician, from_dict
+from ambient_med.synthetic.fluorescence import poisson_gaussian_noise, synthetic_cells
 
 FMD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "microscopy" / "fmd_confocal_bpae_b"
 RANGES = {"8bit": (10.0, 230.0), "16bit": (500.0, 60000.0)}

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-
-from ambient_med.phantoms import ellipse_phantom, write_fastmri_h5
-from ambient_med.prior import AmbientPrior
-
 from _cli_fixtures import assert_user_error, cli, tiny_protocol
 from _micro_fixtures import write_cells_tif
+
+from ambient_med.io.fastmri import write_fastmri
+from ambient_med.prior import AmbientPrior
+from ambient_med.synthetic.phantoms import ellipse_phantom
 
 
 def _magnitude_volume(path, shape=(48, 48, 12), sigma=3.0, seed=0):
@@ -35,7 +34,7 @@ def test_nan_kspace_with_sigma_auto_through_the_cache_workers(tmp_path):
     k = np.fft.fft2(img, norm="ortho")
     k = (k + 0.05 * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape))).astype(np.complex64)
     k[0, 0, 3, 3] = np.nan
-    f = write_fastmri_h5(tmp_path / "nan.h5", k)
+    f = write_fastmri(tmp_path / "nan.h5", k)
     r = cli("train", "--data", f, "--out", tmp_path / "run", "--sigma-n", "auto", "--no-progress")
     assert_user_error(r, "nan.h5", "slice 0", "NaN")
 
@@ -113,5 +112,5 @@ def test_audit_refuses_kspace_and_constant_images(tmp_path):
     np.save(tmp_path / "flat.npy", np.ones((3, 32, 32), np.float32))
     assert_user_error(cli("audit", "--prior", run, "--data", tmp_path / "flat.npy"), "flat.npy", "constant")
     k = (np.random.default_rng(0).standard_normal((2, 2, 32, 32)) * (1 + 1j)).astype(np.complex64)
-    f = write_fastmri_h5(tmp_path / "k.h5", k)
+    f = write_fastmri(tmp_path / "k.h5", k)
     assert_user_error(cli("audit", "--prior", run, "--data", f), "k.h5", "k-space")

@@ -1,14 +1,14 @@
 """The prior file round trip and exact resume of training."""
 
-import torch
 import pytest
+import torch
 
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 from ambient_med.errors import DataError
-from ambient_med.losses import LossConfig
-from ambient_med.networks import EDMDenoiser, NetworkConfig
 from ambient_med.prior import AmbientPrior, PriorMetadata
-from ambient_med.synthetic import GaussianField
-from ambient_med.train import TensorDataset, TrainConfig, train
+from ambient_med.synthetic.mixtures import GaussianField
+from ambient_med.training.loop import TensorDataset, TrainConfig, train
 
 NET = NetworkConfig(sigma_data=1.0, features=(8, 16), attention_levels=(False, False),
                     norm_num_groups=4)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ambient_med.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 from ambient_med.prior import AmbientPrior, PriorMetadata
 
 NET = NetworkConfig(channels=2, sigma_data=0.5, features=(8, 16), attention_levels=(False, False),

@@ -11,6 +11,7 @@ from scipy import ndimage
 from ambient_med import noise
 from ambient_med.io import open_source, read_cfl
 from ambient_med.mri import coil_combine, espirit_maps, ifftc, whiten, whitening_matrix
+from ambient_med.tasks.noise import estimate_noise_file
 
 
 def _background(coil_images, sigma, n_coils):
@@ -37,7 +38,7 @@ def test_espirit_brain_kspace_vs_image_background():
     # whitened, ESPIRiT-combined complex image (maps uncropped, so defined in the air too)
     kw = whiten(k, whitening_matrix(est.covariance))
     sigma_w = noise.from_kspace(kw).sigma
-    comb = coil_combine(ifftc(kw), espirit_maps(kw, crop=0))
+    comb = coil_combine(ifftc(kw), espirit_maps(kw, crop=0, sigma=sigma_w))
     assert _pooled_std(comb[bg]) == pytest.approx(sigma_w, rel=0.10)
 
 
@@ -81,8 +82,8 @@ def test_scale_invariance_on_undersampled_bart_brain():
 
 def test_estimate_noise_file_dispatches():
     mri = shared_data() / "mri"
-    k = noise.estimate_noise_file(mri / "espirit_brain_8coil" / "full.cfl")
+    k = estimate_noise_file(mri / "espirit_brain_8coil" / "full.cfl")
     assert k.method == "k-space corner MAD" and k.sigma == pytest.approx(1.2, rel=0.05)
-    m = noise.estimate_noise_file(mri / "wheel_mri_magnitude" / "test_piesno.nii.gz", n_coils=8)
+    m = estimate_noise_file(mri / "wheel_mri_magnitude" / "test_piesno.nii.gz", n_coils=8)
     assert m.method.startswith("PIESNO") and m.sigma == pytest.approx(0.010749, rel=0.10)
     assert m.details["path"].endswith("test_piesno.nii.gz")

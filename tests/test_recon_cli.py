@@ -8,14 +8,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from _cli_fixtures import assert_user_error, cli
 
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 from ambient_med.io.volumes import write_cfl
 from ambient_med.mri.fft import fftc
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.phantoms import birdcage_maps, ellipse_phantom
 from ambient_med.prior import AmbientPrior, PriorMetadata
-
-from _cli_fixtures import assert_user_error, cli
+from ambient_med.synthetic.phantoms import birdcage_maps, ellipse_phantom
 
 SIGMA_K = 0.02
 

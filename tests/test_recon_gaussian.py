@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from ambient_med.diffusion.reverse import ReverseMemory, ancestral_step
+from ambient_med.diffusion.sampling import karras_sigmas
+from ambient_med.mri.fft import fftc, ifftc
 from ambient_med.recon import (
     RECON_STEPS,
     complex_to_real,
@@ -27,10 +30,7 @@ from ambient_med.recon import (
     tweedie_denoiser,
     white_gamma,
 )
-from ambient_med.mri.fft import fftc, ifftc
-from ambient_med.reverse import ReverseMemory, ancestral_step
-from ambient_med.sampling import karras_sigmas
-from ambient_med.synthetic import GaussianField
+from ambient_med.synthetic.mixtures import GaussianField
 
 SHAPE = (1, 8, 8)
 D = 64

@@ -5,11 +5,11 @@ line plus 4 centre lines), white k-space noise; both samplers through ``recon.mr
 import numpy as np
 import pytest
 import torch
-
 from _mri_fixtures import coil_maps
+
 from ambient_med.recon import dense_matrix, sample_dc, sample_dps
 from ambient_med.recon.mri import measurement, sense_operator, to_complex_image
-from ambient_med.synthetic import GaussianField
+from ambient_med.synthetic.mixtures import GaussianField
 
 FIELD = GaussianField((16, 16))          # real and imaginary parts: independent copies
 SIGMA_Y = 0.05

@@ -4,8 +4,8 @@ dot-product test, batch tiling, ESPIRiT maps."""
 import numpy as np
 import pytest
 import torch
-
 from _mri_fixtures import coil_maps, multicoil_kspace
+
 from ambient_med.mri import SenseOp
 from ambient_med.mri.fft import fftc, ifftc
 from ambient_med.recon import adjoint_mismatch, cg, complex_to_real

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 from ambient_med.errors import DataError
 from ambient_med.mri.fft import fftc
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.phantoms import birdcage_maps, ellipse_phantom
 from ambient_med.prior import AmbientPrior, PriorMetadata
 from ambient_med.recon import sample_dc
 from ambient_med.recon.mri import measurement, sense_operator
 from ambient_med.recon.prior_glue import calibration_width, estimate_kspace_sigma
+from ambient_med.synthetic.phantoms import birdcage_maps, ellipse_phantom
 
 NET = NetworkConfig(channels=2, sigma_data=0.5, features=(8, 16), attention_levels=(False, False),
                     norm_num_groups=4, num_head_channels=8)

@@ -7,8 +7,8 @@ Gaussian data only test conditional means; the mixture also tests variances and 
 import pytest
 import torch
 
-from ambient_med.sampling import denoise_posterior, sample
-from ambient_med.synthetic import GaussianField, GaussianMixtureField, radial_power_bands
+from ambient_med.diffusion.sampling import denoise_posterior, sample
+from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, radial_power_bands
 
 FIELD = GaussianField((8, 8), k0=0.12)
 MIX = GaussianMixtureField((8, 8))

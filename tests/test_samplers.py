@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ambient_med.sampling import denoise_posterior, karras_sigmas, sample
-from ambient_med.synthetic import GaussianField
+from ambient_med.diffusion.sampling import denoise_posterior, karras_sigmas, sample
+from ambient_med.synthetic.mixtures import GaussianField
 
 FIELD = GaussianField((8, 8), k0=0.12)
 N = 6000

@@ -3,10 +3,10 @@ data and runs to 0 otherwise; ``stop`` goes with ``auto`` and ``truncated`` only
 import pytest
 import torch
 
-from ambient_med.config import SamplerConfig
-from ambient_med.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.sampling import AUTO_STOP, resolve_mode, sample
 from ambient_med.prior import AmbientPrior, PriorMetadata
-from ambient_med.sampling import AUTO_STOP, resolve_mode, sample
+from ambient_med.training.config import SamplerConfig
 
 NET = NetworkConfig(channels=1, sigma_data=0.5, features=(8, 16), attention_levels=(False, False),
                     norm_num_groups=4, num_head_channels=8)

@@ -8,16 +8,16 @@ import logging
 
 import pytest
 import torch
-
-from ambient_med import speed
-from ambient_med.config import load_protocol
-from ambient_med.ema import ema_update
-from ambient_med.errors import ConfigError
-from ambient_med.losses import LossConfig, objective_loss
-from ambient_med.networks import EDMDenoiser, NetworkConfig
-from ambient_med.train import TensorDataset, TrainConfig, train
-
 from _cli_fixtures import tiny_protocol
+
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
+from ambient_med.diffusion.objective import objective_loss
+from ambient_med.errors import ConfigError
+from ambient_med.training import speed
+from ambient_med.training.config import load_protocol
+from ambient_med.training.ema import ema_update
+from ambient_med.training.loop import TensorDataset, TrainConfig, train
 
 NET2 = NetworkConfig(sigma_data=1.0, features=(8, 16), attention_levels=(False, True),
                      norm_num_groups=4, num_head_channels=8)

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from ambient_med.losses import LossConfig, edm_weight, objective_loss, sure_loss, sure_term
-from ambient_med.synthetic import GaussianMixtureField, PixelMixture
+from ambient_med.diffusion.losses import LossConfig, edm_weight, sure_loss, sure_term
+from ambient_med.diffusion.objective import objective_loss
+from ambient_med.synthetic.mixtures import GaussianMixtureField, PixelMixture
 
 PIXMIX = PixelMixture(weights=(0.5, 0.3, 0.2), means=(-1.2, 0.4, 1.8), stds=(0.3, 0.5, 0.2))
 FIELDMIX = GaussianMixtureField((8, 8))
@@ -119,7 +120,7 @@ def test_a_negative_sure_loss_is_reported_as_a_noise_model_that_overstates_the_n
     """The training run logs this check's line: in the FMD pilot the SURE term settled near
     -0.4 (the Anscombe domain is not unit-variance at one photon per pixel), with the right
     noncentral-chi model on test_piesno near +0.13."""
-    from ambient_med.losses import sure_noise_check
+    from ambient_med.diffusion.losses import sure_noise_check
 
     assert sure_noise_check([1.2, 0.1, -0.4, -0.37, -0.43, -0.44], 0.1542, 0.09605) is not None
     assert "less noisy" in sure_noise_check([-0.4] * 4, 0.1542, 0.09605)

@@ -1,4 +1,4 @@
-"""Patch-wise inference with overlap blending (ambient_med.tiling)."""
+"""Patch-wise inference with overlap blending (ambient_med.diffusion.tiling)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ambient_med.tiling import reflect_indices, tiled_apply, window_1d
+from ambient_med.diffusion.tiling import reflect_indices, tiled_apply, window_1d
 
 
 def conv_net(d: int, radius: int, seed: int = 0):
@@ -96,3 +96,23 @@ def test_nearest_blend_keeps_the_variance_of_random_draws():
     assert torch.allclose(tiled_apply(torch.tanh, z, 16, 8, blend="nearest"), torch.tanh(z))
     with pytest.raises(ValueError, match="blend"):
         tiled_apply(torch.tanh, z, 16, 8, blend="max")
+
+
+def test_tweedie_std_map_of_a_tiled_image_is_the_whole_image_map():
+    """``denoise`` estimates the Tweedie variance of a large image once, through the tiled
+    denoiser: for a local denoiser (receptive radius within the window's zero margin) that is
+    the whole-image estimate with the same probes, so it cannot show tile seams."""
+    from ambient_med.diffusion.tiling import tiled_denoiser
+    from ambient_med.diffusion.tweedie import posterior_variance
+
+    torch.manual_seed(0)
+    k = torch.tensor([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]]).reshape(1, 1, 3, 3)
+
+    def local(x, sigma):  # nonlinear, 3x3 support: shrinks small local contrasts more
+        sm = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), k)
+        return sm + torch.tanh(3 * (x - sm)) / 3
+
+    x = torch.randn(1, 1, 64, 64)
+    whole = posterior_variance(local, x, 0.5, generator=torch.Generator().manual_seed(3))
+    tiled = posterior_variance(tiled_denoiser(local, 32), x, 0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(tiled, whole, atol=2e-3 * float(whole.max()))

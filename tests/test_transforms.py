@@ -10,12 +10,23 @@ from _mri_fixtures import coil_covariance, coil_maps, correlated_noise, write_fa
 from monai.data import DataLoader, PersistentDataset
 from monai.transforms import Compose, Transform
 
-from ambient_med.cache import AtomicPersistentDataset, source_signature, warm_cache
-from ambient_med.datasets import DatasetInfo, build_training_set
 from ambient_med.errors import DataError, NoiseEstimateError
-from ambient_med.transforms import (
-    CoilCombine, CoilCombined, ComplexToChannels, ComplexToChannelsd, EstimateCoilMapsd, LoadSlice,
-    LoadSliced, RandPatch, RandPatchd, ScaleWithNoise, ScaleWithNoised, WhitenCoilNoise, WhitenCoilNoised,
+from ambient_med.training.cache import AtomicPersistentDataset, source_signature, warm_cache
+from ambient_med.training.datasets import DatasetInfo, build_training_set
+from ambient_med.training.transforms import (
+    CoilCombine,
+    CoilCombined,
+    ComplexToChannels,
+    ComplexToChannelsd,
+    EstimateCoilMapsd,
+    LoadSlice,
+    LoadSliced,
+    RandPatch,
+    RandPatchd,
+    ScaleWithNoise,
+    ScaleWithNoised,
+    WhitenCoilNoise,
+    WhitenCoilNoised,
 )
 
 
@@ -194,14 +205,14 @@ def test_build_training_set_errors(tmp_path):
 
 
 def test_estimate_noise_file_on_fastmri(small_h5):
-    from ambient_med.noise import estimate_noise_file
+    from ambient_med.tasks.noise import estimate_noise_file
 
     est = estimate_noise_file(small_h5 / "a.h5")
     assert est.method == "k-space corner MAD" and est.sigma == pytest.approx(0.02, rel=0.1)
 
 
 def test_coil_compression_keeps_white_noise_sigma():
-    from ambient_med.transforms import CompressCoils, CompressCoilsd
+    from ambient_med.training.transforms import CompressCoils, CompressCoilsd
 
     rng = np.random.default_rng(2)
     k = 0.3 * (rng.normal(size=(12, 96, 96)) + 1j * rng.normal(size=(12, 96, 96)))

@@ -1,12 +1,18 @@
 """The ambient objective against closed forms on Gaussian data (where E[x0 | x_sigma] is known)."""
 
-import numpy as np
 import pytest
 import torch
 
-from ambient_med.losses import (LossConfig, ambient_loss, consistency_loss, diffusion_loss,
-                                renoise, sample_sigma_truncated, tweedie_noisy_mean)
-from ambient_med.synthetic import GaussianField
+from ambient_med.diffusion.losses import (
+    LossConfig,
+    ambient_loss,
+    diffusion_loss,
+    renoise,
+    sample_sigma_truncated,
+    tweedie_noisy_mean,
+)
+from ambient_med.diffusion.objective import consistency_loss
+from ambient_med.synthetic.mixtures import GaussianField
 
 FIELD = GaussianField((4, 4), k0=0.15)
 

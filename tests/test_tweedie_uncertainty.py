@@ -9,10 +9,15 @@ import math
 import pytest
 import torch
 
-from ambient_med.synthetic import (DenseGaussianMixture, GaussianField, GaussianMixtureField,
-                                   PixelMixture, air_mask, air_mixture)
-from ambient_med.tweedie import (colour_masks, posterior_principal_components, posterior_variance,
-                                 probe_count)
+from ambient_med.diffusion.tweedie import colour_masks, posterior_principal_components, posterior_variance, probe_count
+from ambient_med.synthetic.mixtures import (
+    DenseGaussianMixture,
+    GaussianField,
+    GaussianMixtureField,
+    PixelMixture,
+    air_mask,
+    air_mixture,
+)
 
 AIR = air_mixture()
 FIELD = GaussianField((8, 8))

@@ -5,7 +5,7 @@ with deep learning", 2025, arXiv 2505.20160) plugs any ``deepinv.models.Denoiser
 plug-and-play and diffusion solvers (``DiffPIR``, ``DPS``, ...) through ``forward(x, sigma)``:
 ``x`` a real ``(B, C, H, W)`` image with white Gaussian noise of std ``sigma`` (float or ``(B,)``),
 returning an estimate of the clean image. The prior's denoiser is the MMSE estimate
-``D(x, sigma) = E[x0 | x0 + sigma e = x]`` (Tweedie; DESIGN section 3), exactly that contract.
+``D(x, sigma) = E[x0 | x0 + sigma e = x]`` (Tweedie; docs/design.md section 3), exactly that contract.
 
 Layout and units: deepinv works on real tensors, so complex images are the prior's interleaved
 (re, im) channels ``(B, 2C, H, W)``, as deepinv's own MRI physics does. ``space="data"`` (default)

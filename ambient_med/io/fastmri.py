@@ -1,4 +1,4 @@
-"""Lazy reader for fastMRI-format HDF5 k-space (Zbontar et al., arXiv 1811.08839).
+"""fastMRI-format HDF5 k-space (Zbontar et al., arXiv 1811.08839): a lazy reader and a writer.
 
 Layout: ``kspace`` (slices, [coils,] kx, ky) complex64, ``kx`` the readout; optional
 ``reconstruction_rss`` / ``reconstruction_esc``, ``ismrmrd_header`` (ISMRMRD XML, bytes) and
@@ -17,6 +17,7 @@ white (zero columns inside k-space mean undersampling and are left alone).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -141,3 +142,49 @@ class FastMRIFile:
 
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else (v.decode() if isinstance(v, bytes) else v)
+
+
+def ismrmrd_header(kx: int, ky: int, recon: tuple[int, int] | None = None,
+                   encoded_fov_mm: tuple[float, float, float] = (200, 200, 3),
+                   recon_fov_mm: tuple[float, float, float] | None = None) -> str:
+    """The ISMRMRD XML header of a fastMRI file: encoded matrix ``(kx, ky)`` and the recon matrix
+    (default: the same, i.e. no readout oversampling to crop)."""
+    rx, ry = recon if recon is not None else (kx, ky)
+    ex, ey, ez = encoded_fov_mm
+    fx, fy, fz = recon_fov_mm if recon_fov_mm is not None else encoded_fov_mm
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>
+<encodedSpace><matrixSize><x>{kx}</x><y>{ky}</y><z>1</z></matrixSize>
+<fieldOfView_mm><x>{ex}</x><y>{ey}</y><z>{ez}</z></fieldOfView_mm></encodedSpace>
+<reconSpace><matrixSize><x>{rx}</x><y>{ry}</y><z>1</z></matrixSize>
+<fieldOfView_mm><x>{fx}</x><y>{fy}</y><z>{fz}</z></fieldOfView_mm></reconSpace>
+</encoding></ismrmrdHeader>"""
+
+
+def write_fastmri(path: str | Path, kspace: np.ndarray | Sequence[np.ndarray], *, header: str | None = None,
+                  rss: np.ndarray | None = None, attrs: dict | None = None) -> Path:
+    """Write multicoil k-space ``(slices, coils, kx, ky)`` in the public fastMRI layout.
+
+    ``kspace`` is an array, or a sequence of ``(coils, kx, ky)`` slices written one at a time
+    (large files without holding them in memory). ``header`` defaults to
+    :func:`ismrmrd_header` of the k-space matrix; ``rss`` (``reconstruction_rss``) to the
+    root-sum-of-squares of the coil images when ``kspace`` is an array; ``attrs`` are added to
+    (or replace) ``acquisition``, ``max``, ``norm`` and ``patient_id``."""
+    path = Path(path)
+    first = np.asarray(kspace[0])
+    shape = (len(kspace), *first.shape)
+    if rss is None and isinstance(kspace, np.ndarray):
+        rss = np.sqrt(np.sum(np.abs(ifftc(kspace)) ** 2, axis=1)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("kspace", shape=shape, dtype=np.complex64)
+        for i in range(shape[0]):
+            ds[i] = first if i == 0 else np.asarray(kspace[i], dtype=np.complex64)
+        if rss is not None:
+            f.create_dataset("reconstruction_rss", data=np.asarray(rss, np.float32))
+        f.create_dataset("ismrmrd_header", data=np.bytes_(header or ismrmrd_header(*shape[-2:])))
+        base = {"acquisition": "SYNTHETIC", "patient_id": "synthetic",
+                "max": float(np.max(rss)) if rss is not None else 0.0,
+                "norm": float(np.linalg.norm(rss)) if rss is not None else 0.0}
+        for key, value in {**base, **(attrs or {})}.items():
+            f.attrs[key] = value
+    return path

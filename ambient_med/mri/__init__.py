@@ -1,8 +1,7 @@
 """MRI math: centred orthonormal FFTs, coil noise/whitening/maps/combination, SENSE operator.
 
-Nothing here does file I/O (DESIGN section 9)."""
+Nothing here does file I/O (docs/design.md section 9)."""
 
-from ambient_med.mri.fft import fftc, ifftc
 from ambient_med.mri.coils import (
     coil_combine,
     compress_coils,
@@ -11,6 +10,7 @@ from ambient_med.mri.coils import (
     whiten,
     whitening_matrix,
 )
+from ambient_med.mri.fft import fftc, ifftc
 from ambient_med.mri.operators import SenseOp
 
 __all__ = [

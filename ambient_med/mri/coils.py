@@ -1,6 +1,6 @@
 """Coil noise covariance, Cholesky whitening, ESPIRiT coil maps and coil combination.
 
-Conventions (DESIGN sections 2 and 6). Noise samples ``n`` of a ``C``-coil receiver are
+Conventions (docs/design.md sections 2 and 6). Noise samples ``n`` of a ``C``-coil receiver are
 complex with covariance per real channel
 
     Sigma = E[n n^H] / 2,          Sigma_cc = sigma_c^2,
@@ -14,7 +14,7 @@ wherever the maps are non-zero (Pruessmann et al., MRM 1999; Roemer et al., MRM 
 pixel, ``sum_c conj(S_c) n_c`` with ``n_c`` i.i.d. of variance ``sigma^2`` per real channel has
 variance ``sigma^2 sum_c |S_c|^2``.
 
-The maps must therefore be unit-norm in *every* pixel (DESIGN section 6). ESPIRiT's eigenvalue
+The maps must therefore be unit-norm in *every* pixel (docs/design.md section 6). ESPIRiT's eigenvalue
 crop zeroes them outside the object, which would make the combined image exactly 0 there, a
 noise-free pixel that breaks the ambient objective. :func:`espirit_maps` keeps the dominant
 eigenvector everywhere (``crop=0``) and :func:`fill_maps` extrapolates any remaining zero pixel
@@ -102,8 +102,8 @@ def espirit_maps(
     *more* than ``sigma^2`` variance (1.3-1.5x the std on 32x32 phantoms, where the calibration
     region is most of k-space). So with ``fill`` the maps are kept only on the object,
     :func:`object_support` (smoothed root-sum-of-squares above ``support_snr`` times its
-    noise-only mean, for the per-channel noise ``sigma``; estimated from the k-space corners
-    when not given), and extrapolated from there into the air. The
+    noise-only mean, for the per-channel noise ``sigma``, which ``fill`` needs: measure it with
+    :func:`ambient_med.noise.from_kspace`), and extrapolated from there into the air. The
     k-space scale does not matter: it is divided out before calibration. ``max_iter=30``
     power iterations: on the 8-coil brain the maps then differ from 100 iterations by < 2e-6
     (1 - |<S_30, S_100>| per voxel); 10 iterations are not enough.
@@ -132,14 +132,9 @@ def espirit_maps(
     maps = normalize_maps(np.nan_to_num(np.asarray(maps)))  # sigpy's phase reference divides by |S_0|
     if not fill:
         return maps.astype(np.complex64)
-    if sigma is None:
-        from ambient_med.errors import NoiseEstimateError
-        from ambient_med.noise import from_kspace
-
-        try:
-            sigma = from_kspace(k).sigma
-        except NoiseEstimateError:  # noise-free data: no noise to keep, maps everywhere
-            sigma = 0.0
+    if sigma is None:  # mri/ sits below noise/: the caller measures the noise
+        raise ValueError("espirit_maps(fill=True) needs the per-channel noise sigma of the k-space, "
+                         "e.g. ambient_med.noise.from_kspace(kspace).sigma (0 for noise-free data)")
     if sigma > 0:
         support = object_support(k, sigma, support_snr)
         if support.any():

@@ -1,4 +1,4 @@
-"""Complex <-> real-channel conversion (DESIGN section 2: a complex image is 2 real channels).
+"""Complex <-> real-channel conversion (docs/design.md section 2: a complex image is 2 real channels).
 
 ``C`` complex channels become ``2*C`` real channels ordered ``[re_0, im_0, re_1, im_1, ...]``,
 so that one complex image is ``(real, imaginary)`` and each real channel carries noise of

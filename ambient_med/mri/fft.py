@@ -4,7 +4,7 @@
     ifftc(k) = fftshift(ifft(ifftshift(k), norm="ortho"))
 
 With ``norm="ortho"`` the transform is unitary, so white noise of std ``sigma`` per real
-channel keeps std ``sigma`` (DESIGN section 2), and ``ifftc`` is the adjoint of ``fftc``.
+channel keeps std ``sigma`` (docs/design.md section 2), and ``ifftc`` is the adjoint of ``fftc``.
 The shifts put the k-space centre (DC) at index ``n // 2`` along each transformed axis, the
 convention of fastMRI and BART.
 """

@@ -47,5 +47,5 @@ class SenseOp:
     adjoint = H
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """``A^H A x``: for CG on the normal equations (DESIGN section 5)."""
+        """``A^H A x``: for CG on the normal equations (docs/design.md section 5)."""
         return self.H(self(x))

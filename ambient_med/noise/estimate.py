@@ -1,4 +1,4 @@
-"""Noise-level estimation (moved from ``ambient_med/noise.py``; import from ``ambient_med.noise``): ``sigma`` per real channel (DESIGN sections 2 and 6).
+"""Noise-level estimation (moved from ``ambient_med/noise.py``; import from ``ambient_med.noise``): ``sigma`` per real channel (docs/design.md sections 2 and 6).
 
 Estimators, by data type:
 
@@ -167,7 +167,6 @@ def from_kspace(kspace: np.ndarray, fraction: float = 0.125, trim: float = 5.0) 
     sigma = float(np.sqrt(np.mean(sig_c**2)))
     _check_not_roundoff(float(np.min(sig_c)), float(np.max(np.abs(k))), "k-space corners")
     keep = np.all(np.abs(samples) < trim * sig_c[:, None], axis=0)
-    from ambient_med.mri.coils import noise_covariance
 
     cov, shrink = shrink_covariance(samples[:, keep])
     d = np.sqrt(np.real(np.diag(cov)))

@@ -1,4 +1,4 @@
-"""Additive white Gaussian noise ``y = x + N(0, sigma^2)`` (per real channel, DESIGN section 2).
+"""Additive white Gaussian noise ``y = x + N(0, sigma^2)`` (per real channel, docs/design.md section 2).
 
 The transform is linear, ``z = y / sigma``, so its algebraic inverse ``x = sigma z`` is also
 the unbiased inverse for means. ``sigma`` is estimated by the wavelet MAD of the finest

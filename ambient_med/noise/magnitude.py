@@ -37,8 +37,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import gammaln, ive
 
-from ambient_med.noise.piesno import _coils, effective_chi, magnitude_volume_estimate
 from ambient_med.noise.models import NoiseModel, like, to_numpy
+from ambient_med.noise.piesno import _coils, effective_chi, magnitude_volume_estimate
 
 NU_MAX = 40.0
 

@@ -1,4 +1,4 @@
-"""One contract for every noise model (DESIGN section 6): estimate, stabilise, invert.
+"""One contract for every noise model (docs/design.md section 6): estimate, stabilise, invert.
 
 A :class:`NoiseModel` instance *is* its parameters. The ambient objective is exact only for
 clean data plus white Gaussian noise of known std, so a model maps data ``y`` to

@@ -1,5 +1,5 @@
 """Noise of magnitude images from ``N`` receive coils (root sum of squares): ``sigma`` from the
-air (DESIGN section 6).
+air (docs/design.md section 6).
 
 * PIESNO (Koay, Ozarslan, Pierpaoli, "Probabilistic Identification and Estimation of Noise",
   JMR 199:94, 2009) finds the pure-noise voxels whose values follow a (central) chi distribution

@@ -1,22 +1,17 @@
-"""Which noise model and estimator a data kind gets, and the entry points that open a source
-or a file and estimate its noise (DESIGN section 6). The estimators themselves are in
+"""Which noise model and estimator a data kind gets, and the entry point that estimates the
+noise of an open source (docs/design.md section 6). The estimators themselves are in
 :mod:`ambient_med.noise.estimate` (Gaussian: noise scan, k-space corners, wavelet MAD) and
 :mod:`ambient_med.noise.piesno` (magnitude: PIESNO, effective chi).
 
-This module does no file I/O except :func:`estimate_noise_file`, which imports the readers
-lazily so that the math stays importable without them.
+This module does no file I/O: :func:`ambient_med.tasks.noise.estimate_noise` opens files.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ambient_med.errors import NoiseEstimateError
 from ambient_med.noise.estimate import NoiseEstimate, from_image_wavelet, from_kspace, from_noise_scan
 from ambient_med.noise.piesno import _wider_than_chi, effective_chi, from_magnitude, magnitude_volume_estimate
-
 
 NOISE_MODELS = ("gaussian", "rician", "noncentral-chi")
 ESTIMATORS = ("kspace-corners", "wavelet-mad", "piesno", "effective-chi")
@@ -128,25 +123,3 @@ def estimate_sigma(data: np.ndarray, kind: str = "complex", **kwargs) -> NoiseEs
     if kind not in estimators:
         raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(estimators)}")
     return estimators[kind](data, **kwargs)
-
-
-def estimate_noise_file(path: str | Path, n_coils: int | None = None, noise_model: str = "auto",
-                        estimator: str = "auto", check_finite: bool = True, **kwargs) -> NoiseEstimate:
-    """Open any supported file (see :func:`ambient_med.io.open_source`) and estimate its noise
-    (:func:`estimate_source`): k-space files by the outer-corner estimator on their middle
-    slice; magnitude volumes by PIESNO with ``n_coils`` (the option, else the file's, else 1 for
-    Rician); complex image arrays by wavelet MAD. With ``check_finite`` every item is read once
-    first, so a NaN or Inf anywhere in the file is refused (``DataError`` naming the file), not
-    only in the part the estimator reads. ``details["path"]`` records the file."""
-    from ambient_med.io.discover import open_source
-
-    src = open_source(path)
-    if check_finite and src.kind != "magnitude":  # readers refuse non-finite items on read
-        for i in range(len(src)):
-            src.read(i)
-    try:
-        est = estimate_source(src, noise_model, estimator, n_coils, **kwargs)
-    except NoiseEstimateError as e:
-        raise NoiseEstimateError(f"{path}: {e}") from None
-    est.details["path"] = str(path)
-    return est

@@ -1,5 +1,5 @@
 """Posterior sampling for linear inverse problems ``y = A x0 + sigma_y e`` with a diffusion prior
-(DESIGN section 5): samplers that take ``forward`` / ``adjoint`` callables, conditional
+(docs/design.md section 5): samplers that take ``forward`` / ``adjoint`` callables, conditional
 denoisers, batched CG, and MRI glue (:mod:`ambient_med.recon.mri`)."""
 
 from ambient_med.recon.cg import cg

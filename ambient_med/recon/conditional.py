@@ -48,9 +48,8 @@ import torch
 
 from ambient_med.recon.cg import cg
 from ambient_med.recon.operators import Operator
-from ambient_med.utils import append_dims, as_sigma
+from ambient_med.utils import Denoiser, append_dims, as_sigma
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Gamma = Callable[[torch.Tensor], torch.Tensor] | float
 MODES = ("exact", "pigdm", "dps")
 
@@ -105,7 +104,7 @@ def _check_sigma_y(sigma_y: float) -> float:
 def dc_denoiser(denoiser: Denoiser, forward: Operator, adjoint: Operator, y: torch.Tensor,
                 sigma_y: float, gamma: Gamma, *, cg_iters: int = 8, cg_tol: float = 1e-6,
                 counter: CallCounter | None = None) -> Denoiser:
-    """``D`` projected onto the measurements (DESIGN section 5), one network call per level:
+    """``D`` projected onto the measurements (docs/design.md section 5), one network call per level:
 
         z = argmin_z ||A z - y||^2 / sigma_y^2 + ||z - D(x, sigma)||^2 / gamma(sigma),
         (A^T A / sigma_y^2 + I / gamma) z = A^T y / sigma_y^2 + D / gamma,

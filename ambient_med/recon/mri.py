@@ -1,7 +1,7 @@
 """MRI glue: the SENSE model ``A = M F S`` (:class:`ambient_med.mri.operators.SenseOp`) as real-channel
 ``forward`` / ``adjoint`` callables for :mod:`ambient_med.recon`.
 
-Layout (DESIGN section 2): the image is one complex channel as 2 real channels ``(N, 2, *spatial)``;
+Layout (docs/design.md section 2): the image is one complex channel as 2 real channels ``(N, 2, *spatial)``;
 the measurement is the masked multi-coil k-space ``(N, C, *spatial)`` complex, as ``2C`` real
 channels ``(N, 2C, *spatial)`` (zeros where the mask is 0). The FFT is centred and orthonormal, so
 white k-space noise of std ``sigma_k`` per real channel is ``sigma_y = sigma_k`` in the same units.

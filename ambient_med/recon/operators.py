@@ -1,7 +1,7 @@
 """Linear measurement operators as pairs of callables ``(forward, adjoint)`` in model space.
 
 The samplers of :mod:`ambient_med.recon` work on real channel-first tensors ``(N, C, *spatial)``
-(DESIGN section 2) and need only ``A`` and its adjoint ``A^T`` with respect to the real inner
+(docs/design.md section 2) and need only ``A`` and its adjoint ``A^T`` with respect to the real inner
 product ``<a, b> = sum a b`` over all non-batch axes; the measurement ``y = A x`` may have any
 shape ``(N, ...)``. Operators must act per sample along axis 0 (the samplers stack the chains of
 ``K`` samples as a batch of ``K*N``, sample ``j`` of measurement ``n`` in row ``j*N + n``).

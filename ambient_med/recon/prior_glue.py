@@ -1,5 +1,5 @@
 """Undersampled multi-coil MRI reconstruction with an :class:`~ambient_med.prior.AmbientPrior`, in
-the units of the user's data (DESIGN sections 2 and 5).
+the units of the user's data (docs/design.md sections 2 and 5).
 
 The measurement model is SENSE, ``k = M F S x0 + sigma_k e`` (:mod:`ambient_med.recon.mri`): ``x0``
 one complex image, ``S`` coil maps, ``F`` the centred orthonormal FFT, ``M`` the sampling mask,
@@ -170,7 +170,7 @@ def espirit_maps_batch(kspace: torch.Tensor, calib_width: int) -> torch.Tensor:
 def _maybe_tiled(prior, spatial: tuple[int, ...], tile: int | None):
     """The prior's network, tiled when the image is larger than ``tile`` (default: the
     training image size recorded in the prior)."""
-    from ambient_med.tiling import tiled_denoiser
+    from ambient_med.diffusion.tiling import tiled_denoiser
 
     if tile is None:
         tile = max(prior.metadata.training.get("image_shape") or [0]) or max(spatial)
@@ -197,7 +197,7 @@ def reconstruct(prior, kspace, mask, *, maps=None, sigma: str | float = "auto",
             guidance through the network: more accurate, several times the cost).
         n_samples, steps, generator, callback: passed to the sampler.
         tile: images with a side longer than this are denoised in overlapping tiles of this
-            size (:func:`ambient_med.tiling.tiled_denoiser`). Default: the prior's training
+            size (:func:`ambient_med.diffusion.tiling.tiled_denoiser`). Default: the prior's training
             image size for ``method="dc"`` (a prior trained on patches sees patches), no
             tiling for ``"dps"``. The data consistency and the noise stay whole-image: only
             the network call is tiled. Measured on 64x64 MNI slices with a prior of 32x32

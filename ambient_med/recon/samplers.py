@@ -1,5 +1,5 @@
 """Posterior samplers for linear inverse problems ``y = A x0 + sigma_y e``: the package's calibrated
-stochastic reverse chain (:func:`ambient_med.sampling.sample_ancestral`, second order) driven by a
+stochastic reverse chain (:func:`ambient_med.diffusion.sampling.sample_ancestral`, second order) driven by a
 *conditional* denoiser ``E[x0 | x_sigma, y]`` (:mod:`ambient_med.recon.conditional`).
 
 Conditioning on ``y`` does not change the forward process: given ``y``, ``x_sigma = x0 + sigma z``
@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 
+from ambient_med.diffusion.sampling import DEFAULT_STEPS, Callback, karras_sigmas, sample_ancestral
 from ambient_med.recon.conditional import (
     CallCounter,
     Denoiser,
@@ -47,7 +48,6 @@ from ambient_med.recon.conditional import (
     white_gamma,
 )
 from ambient_med.recon.operators import Operator
-from ambient_med.sampling import DEFAULT_STEPS, Callback, karras_sigmas, sample_ancestral
 
 # The chain from sigma_max = 80 at the step count calibrated for full sampling (sampling.py).
 RECON_STEPS = DEFAULT_STEPS["ancestral"]

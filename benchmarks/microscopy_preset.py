@@ -1,0 +1,123 @@
+"""Which microscopy protocol gives the better prior on a CPU in the same time? Measured on the path
+a user takes: ``run_training`` (what ``ambient-med train`` runs) on the raw FMD frames, then
+``denoise_file`` (what ``ambient-med denoise`` runs) on held-out captures.
+
+Data: FMD confocal (``../shared/data/microscopy/fmd_confocal_bpae_b``): the 200 raw captures of
+fields 1-4 as frame folders (``--sigma-n auto``: the Poisson-Gaussian fit per folder); scored on
+captures 0, 24 and 49 of field 5 against its 50-capture average (PSNR over the 8-bit range, as
+``fmd.py``). Protocols: ``microscopy-2d`` (the GPU-sized default) and ``microscopy-2d-cpu``. Each
+gets ``--budget`` CPU-minutes of training: a 20-step probe measures its step cost, then a run of
+``budget / cost`` steps (so its schedule, warm-up and consistency start fit the run). Also
+measured: the wall time of denoising one 512x512 capture with the Tweedie std map (the first
+capture; the other two are denoised without it).
+
+Run:  python benchmarks/microscopy_preset.py [--budget 10] [--threads 1]
+Writes benchmarks/results/microscopy_preset{,_quick}.{json,md}; runs live in --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ambient_med.tasks.denoise import denoise_file
+from ambient_med.tasks.train import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data" / "microscopy" / "fmd_confocal_bpae_b"
+PROTOCOLS = ("microscopy-2d", "microscopy-2d-cpu")
+CAPTURES = (0, 24, 49)
+
+
+def psnr(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((ref.astype(np.float64) - x) ** 2)))
+
+
+def step_cost(protocol: str, folders: list[str], work: Path) -> float:
+    """CPU seconds per step: two probe runs of 10 and 30 steps (the second reuses the first's
+    item cache), the difference over 20 steps."""
+    cpu = []
+    for n in (10, 10, 30):  # the first builds the cache
+        c0 = time.process_time()
+        run_training(folders, work / f"probe_{protocol}", protocol=protocol, sigma_n="auto", steps=n,
+                     device="cpu", overwrite=True, previews=0, handle_signals=False)
+        cpu.append(time.process_time() - c0)
+    return (cpu[2] - cpu[1]) / 20
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path), np.float64)
+
+
+def score(prior: Path, work: Path, quick: bool) -> dict:
+    ref = read_png(DATA / "gt" / "5" / "avg50.png")
+    src = DATA / "raw" / "5"
+    frames = sorted(p for p in src.iterdir() if p.suffix == ".png")
+    out, times = [], []
+    for k, i in enumerate(CAPTURES[:1] if quick else CAPTURES):
+        t0 = time.time()   # the std map on the first capture only (its time is the one reported)
+        written = denoise_file(prior, frames[i], work / f"den_{i}.png", overwrite=True,
+                               uncertainty=None if k == 0 else "none")
+        if k == 0:
+            times.append(time.time() - t0)
+        mean = read_png(written[0])
+        out.append(psnr(ref, mean))
+    noisy = [psnr(ref, read_png(frames[i])) for i in CAPTURES[:len(out)]]
+    return {"psnr": float(np.mean(out)), "psnr_per_capture": out, "noisy_psnr": float(np.mean(noisy)),
+            "denoise_seconds_512": float(np.mean(times))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=float, default=10.0, help="CPU-minutes of training per protocol")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    p.add_argument("--work", type=Path, default=Path("/tmp/ambient_med_microscopy_preset"))
+    p.add_argument("--quick", action="store_true", help="0.3 CPU-minutes, one capture: a smoke run")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.budget = 0.3
+    torch.set_num_threads(a.threads)
+    folders = [str(DATA / "raw" / str(f)) for f in (1, 2, 3, 4)]
+    rows = {}
+    for proto in a.protocols:
+        cost = step_cost(proto, folders, a.work)
+        steps = max(int(a.budget * 60 / cost), 20)
+        c0, t0 = time.process_time(), time.time()
+        res = run_training(folders, a.work / proto, protocol=proto, sigma_n="auto", steps=steps, device="cpu",
+                           overwrite=True, previews=0, handle_signals=False)
+        cpu_min, wall_min = (time.process_time() - c0) / 60, (time.time() - t0) / 60
+        rows[proto] = {"steps": steps, "seconds_per_step": cost, "train_cpu_min": cpu_min,
+                       "train_wall_min": wall_min, "parameters": res.parameters,
+                       **score(res.prior_path, a.work / proto, a.quick)}
+        print(f"{proto}: {steps} steps in {cpu_min:.1f} CPU-min, PSNR {rows[proto]['psnr']:.2f} dB, "
+              f"denoise 512x512 with std map {rows[proto]['denoise_seconds_512']:.0f} s", flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "budget_cpu_min": a.budget, "threads": a.threads,
+            "captures": list(CAPTURES[:1] if a.quick else CAPTURES), "torch": torch.__version__}
+    stem = "microscopy_preset_quick" if a.quick else "microscopy_preset"
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
+    lines = [f"# Microscopy protocols at equal CPU time (FMD field 5, {meta['date']})", "",
+             f"{a.budget:g} CPU-minutes of training each, {a.threads} torch thread(s); `run_training` on "
+             "the raw captures of fields 1-4, `denoise_file` (Tweedie std map) on captures "
+             f"{', '.join(map(str, meta['captures']))} of field 5 against its 50-capture average.", "",
+             "| protocol | parameters | s / step | steps | train CPU-min | PSNR (dB) | noisy (dB) | "
+             "denoise 512x512 + std map (s) |", "|---|---|---|---|---|---|---|---|"]
+    for proto, r in rows.items():
+        lines.append(f"| {proto} | {r['parameters']:,} | {r['seconds_per_step']:.2f} | {r['steps']} | "
+                     f"{r['train_cpu_min']:.1f} | {r['psnr']:.2f} | {r['noisy_psnr']:.2f} | "
+                     f"{r['denoise_seconds_512']:.0f} |")
+    (a.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
