@@ -157,3 +157,16 @@ def test_denoise_a_folder_of_frames_into_a_folder(patched, tmp_path):
     assert_user_error(r, "f0.png", "--overwrite")
     r = cli("denoise", "--prior", patched, "--input", src, "--out", src, "--overwrite", "--no-progress")
     assert_user_error(r, "other than the input")
+
+
+def test_denoise_keeps_an_integer_tiff_stack_integer(patched, tmp_path):
+    _, y = _flat(tmp_path, shape=(3, 16, 16))               # a stack of 3 frames
+    f = tmp_path / "stack16.tif"
+    tifffile.imwrite(f, np.clip(np.rint(y), 0, 65535).astype(np.uint16), photometric="minisblack")
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", tmp_path / "den.tif", "--samples", "2",
+            "--save-samples", "--sigma", "prior", "--no-progress")
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    mean, std = tifffile.imread(tmp_path / "den.tif"), tifffile.imread(tmp_path / "den_std.tif")
+    sample = tifffile.imread(tmp_path / "den_sample1.tif")
+    assert mean.dtype == sample.dtype == np.uint16 and mean.shape == sample.shape == (3, 16, 16)
+    assert std.dtype == np.float32                            # a std map is not rounded

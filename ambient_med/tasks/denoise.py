@@ -35,116 +35,19 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, NoiseEstimateError
-
-SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz", ".npy", ".h5", ".hdf5")
-
-
-def _suffix(p: Path) -> str:
-    n = p.name.lower()
-    return ".nii.gz" if n.endswith(".nii.gz") else p.suffix.lower()
+from ..io.image_files import SUFFIXES, read_image, suffix, write_image
 
 
 def std_path(out: Path) -> Path:
     """``OUT_std.EXT``; a PNG's std map is a float TIFF (8- or 16-bit steps would round it away)."""
-    suf = _suffix(out)
+    suf = suffix(out)
     return out.with_name(out.name[: -len(suf)] + "_std" + (".tif" if suf == ".png" else suf))
 
 
 def sample_path(out: Path, k: int) -> Path:
     """``OUT_sample{k}.EXT`` (k from 1), the input's format."""
-    suf = _suffix(out)
+    suf = suffix(out)
     return out.with_name(f"{out.name[: -len(suf)]}_sample{k}{suf}")
-
-
-def read_image(path: Path) -> tuple[np.ndarray, dict]:
-    """The array and what writing it back needs (NIfTI affine, HDF5 dataset name)."""
-    suf = _suffix(path)
-    if not path.is_file():
-        raise DataError(path, "does not exist")
-    if suf not in SUFFIXES:
-        raise DataError(path, f"unsupported format {suf or '(no suffix)'}; use one of {', '.join(SUFFIXES)}")
-    try:
-        if suf in (".tif", ".tiff"):
-            return _read_tiff(path), {}
-        if suf == ".png":
-            return _read_png(path)
-        if suf in (".nii", ".nii.gz"):
-            import nibabel as nib
-
-            img = nib.load(str(path))
-            return np.asarray(img.dataobj), {"affine": img.affine}
-        if suf == ".npy":
-            return np.load(path, allow_pickle=False), {}
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            names = [k for k in f if isinstance(f[k], h5py.Dataset)]
-            key = "image" if "image" in names else (names[0] if len(names) == 1 else None)
-            if key is None:
-                raise DataError(path, f"HDF5 file has datasets {names}; name the image 'image'")
-            return np.asarray(f[key]), {"key": key}
-    except DataError:
-        raise
-    except Exception as e:  # each reader raises its own types for corrupt files
-        raise DataError(path, f"is not a readable {suf} file ({str(e).splitlines()[0]})") from None
-
-
-def _read_tiff(path: Path) -> np.ndarray:
-    """The first series of a TIFF; RGB samples (axis ``S``) as one grey channel, or refused
-    (:func:`~ambient_med.io.microscopy.one_channel_of_rgb`)."""
-    import tifffile
-
-    from ..io.microscopy import _quiet_tifffile, one_channel_of_rgb
-
-    with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
-        if not tf.series:
-            raise DataError(path, "TIFF holds no image series")
-        axes, x = tf.series[0].axes, np.asarray(tf.series[0].asarray())
-    if "S" in axes and x.shape[axes.index("S")] > 1:
-        x = one_channel_of_rgb(path, x, axes.index("S"), f"axes {axes!r}, shape {x.shape}")
-    return x
-
-
-def _read_png(path: Path) -> tuple[np.ndarray, dict]:
-    """A PNG frame (8 or 16 bit; grey saved as RGB read as one channel) and its dtype, so that
-    the denoised frame is written back in it."""
-    from PIL import Image
-
-    from ..io.microscopy import one_channel_of_rgb
-
-    with Image.open(path) as im:
-        x = np.asarray(im)
-    if x.ndim == 3:
-        x = one_channel_of_rgb(path, x, -1, f"axes 'YXS', shape {x.shape}")
-    return x, {"dtype": x.dtype}
-
-
-def write_image(path: Path, x: np.ndarray, meta: dict) -> Path:
-    suf = _suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suf == ".png":            # the input's integer type: rounded and clipped to its range
-        from PIL import Image
-
-        dt = np.dtype(meta.get("dtype", np.uint8))
-        info = np.iinfo(dt) if dt.kind in "ui" else np.iinfo(np.uint16)
-        Image.fromarray(np.clip(np.rint(x), info.min, info.max).astype(dt if dt.kind in "ui" else np.uint16)).save(path)
-        return path
-    if suf in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(path, x.astype(np.float32), photometric="minisblack")
-    elif suf in (".nii", ".nii.gz"):
-        import nibabel as nib
-
-        nib.save(nib.Nifti1Image(x.astype(np.float32), meta.get("affine", np.eye(4))), str(path))
-    elif suf == ".npy":
-        np.save(path, x.astype(np.float32))
-    else:
-        import h5py
-
-        with h5py.File(path, "w") as f:
-            f.create_dataset(meta.get("key", "image"), data=x.astype(np.float32))
-    return path
 
 
 def to_batch(path: Path, x: np.ndarray, d: int, c: int) -> torch.Tensor:
@@ -189,12 +92,12 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
                               seed=seed, log=log, save_samples=save_samples)
     if not input.is_file():
         raise DataError(input, "does not exist")
-    if _suffix(input) not in SUFFIXES:
-        raise DataError(input, f"unsupported format {_suffix(input) or '(no suffix)'}; use one of {', '.join(SUFFIXES)}")
-    if _suffix(out) not in SUFFIXES:
+    if suffix(input) not in SUFFIXES:
+        raise DataError(input, f"unsupported format {suffix(input) or '(no suffix)'}; use one of {', '.join(SUFFIXES)}")
+    if suffix(out) not in SUFFIXES:
         raise ConfigError(f"--out {out}: unsupported format; use one of {', '.join(SUFFIXES)}")
-    if _suffix(out) != _suffix(input):
-        raise ConfigError(f"--out {out}: write the input's format ({_suffix(input)})")
+    if suffix(out) != suffix(input):
+        raise ConfigError(f"--out {out}: write the input's format ({suffix(input)})")
     if uncertainty is None:
         uncertainty = "samples" if samples >= 2 else "tweedie"
     if uncertainty not in ("tweedie", "samples", "none"):
@@ -273,7 +176,7 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     if uncertainty == "samples":
         std = torch.stack(draws).std(0)
     if std is not None:
-        written.append(write_image(std_path(out), std.cpu().numpy().reshape(shape), io_meta))
+        written.append(write_image(std_path(out), std.cpu().numpy().reshape(shape), io_meta, keep_dtype=False))
     if save_samples:
         written += [write_image(sample_path(out, k + 1), d.cpu().numpy().reshape(shape), io_meta)
                     for k, d in enumerate(draws)]
@@ -284,7 +187,7 @@ def denoise_folder(prior_file, folder: Path, out: Path, **options) -> list[Path]
     """Every image file of ``folder`` (sorted; the formats of :data:`SUFFIXES`), denoised into the
     folder ``out`` under the same names, each with its own noise fit when ``sigma="auto"``. Stops
     before writing anything if an output exists (without ``overwrite``) or ``out`` is a file."""
-    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and _suffix(f) in SUFFIXES)
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and suffix(f) in SUFFIXES)
     if not files:
         raise DataError(folder, f"holds no image files ({', '.join(SUFFIXES)})")
     out = Path(out)

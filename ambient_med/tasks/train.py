@@ -254,12 +254,6 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
                                     "data": {"sigma_n": sigma_n, "n_coils": n_coils,
                                              "noise_model": noise_model,
                                              "noise_estimator": noise_estimator}})
-    if not resume and proto.train.lr_warmup > proto.train.steps // 10:
-        short = max(proto.train.steps // 10, 1)
-        if log is not None and rank == 0:
-            log(f"learning-rate warm-up: {short} steps (a tenth of the run; the protocol says "
-                f"{proto.train.lr_warmup})")
-        proto = apply_overrides(proto, {"train": {"lr_warmup": short}})
     dataset, info = load_data(list(data), proto, proto.data.sigma_n, cache_dir=out / "cache")
     if len(dataset) == 0:
         raise DataError(None, "the dataset is empty")
@@ -267,6 +261,12 @@ def run_training(data: list[str], out: str | Path, *, protocol: str | Path | Non
     if log is not None and rank == 0:
         log(describe_noise(info))
     probe_first_item(dataset, info)
+    short = max(proto.train.steps // 10, 1)
+    if not resume and proto.train.lr_warmup > short:
+        if log is not None and rank == 0:
+            log(f"learning-rate warm-up: {short} steps (a tenth of the run; the protocol says "
+                f"{proto.train.lr_warmup})")
+        proto = apply_overrides(proto, {"train": {"lr_warmup": short}})
     if len(dataset) < proto.train.batch_size * world:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one batch "
                           f"({proto.train.batch_size} x {world} processes), and the protocol trains on "
