@@ -28,15 +28,9 @@ from ..diffusion.distill import CleanCache
 from ..diffusion.losses import LossConfig
 from ..diffusion.networks import EDMDenoiser
 from ..diffusion.objective import objective_loss
-from ..errors import AmbientMedError
-from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .ema import ema_update
 from .speed import GuardedCompile, channels_last, gradient_checkpointing, spatial_dims_of
-
-
-class NonFiniteLossError(AmbientMedError, RuntimeError):
-    """The loss or the gradient became NaN or infinite: the run stops before anything computed
-    from those steps (checkpoint, prior) is written; the last good checkpoint stays."""
+from .state import NonFiniteLossError, RunState  # noqa: F401 (NonFiniteLossError: re-exported)
 
 
 @dataclass
@@ -169,10 +163,6 @@ def _dist():
     return 0, 1
 
 
-def _to_cpu(d: dict) -> dict:
-    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
-
-
 def _lr(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over ``lr_warmup`` steps, then constant or cosine to ``lr_final * lr``."""
     warm = min(1.0, (step + 1) / max(cfg.lr_warmup, 1))
@@ -228,30 +218,16 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
         for t in model.state_dict().values():
             torch.distributed.broadcast(t, 0)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                            weight_decay=cfg.weight_decay)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
-    step = 0
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     cache = (CleanCache(loss_cfg.distill_cache * cfg.batch_size)
              if loss_cfg.objective == "ambient+consistency" and "distill" in loss_cfg.consistency_variant
              else None)
-    teacher = ema if loss_cfg.teacher == "ema" else None
     run_dir = Path(run_dir) if run_dir is not None else None
-    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
-
-    if resume and ckpt_dir is not None:
-        state = load_latest(ckpt_dir, map_location=device)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-            gens = state["generator"]
-            gen.set_state(gens[rank if rank < len(gens) else 0].cpu())
-            step = int(state["step"])
-            if cache is not None and "cache" in state:
-                caches = state["cache"]
-                cache.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) else v
-                                       for k, v in caches[rank if rank < len(caches) else 0].items()})
+    run = RunState(model, ema, opt, torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank), cache,
+                   cfg, loss_cfg, run_dir, rank, world, device)
+    if resume:
+        run.restore()
+    teacher = ema if loss_cfg.teacher == "ema" else None
 
     net = model
     if world > 1:
@@ -260,59 +236,16 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
     compiled = GuardedCompile(net, cfg.compile) if cfg.compile != "off" else None
     if compiled is not None:
         net = compiled
-
-    sampler = ResumableSampler(len(dataset), cfg.seed, start=step * cfg.batch_size,
-                               rank=rank, world_size=world,
-                               keyed=getattr(dataset, "keyed_draws", False))
+    sampler = ResumableSampler(len(dataset), cfg.seed, start=run.step * cfg.batch_size, rank=rank,
+                               world_size=world, keyed=getattr(dataset, "keyed_draws", False))
     loader = _batches(dataset, sampler, cfg, device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.mixed_precision and device.type == "cuda" else torch.autocast("cpu", enabled=False))
 
-    # NaN/inf guard without a GPU sync per step: a flag accumulated on the device, read at the
-    # log, checkpoint and end steps (the same steps on every rank), always before a write.
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    checked = {"step": step}
-
-    def check_finite():
-        flag = nonfinite.float().reshape(1)
-        if world > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() > 0:
-            ck = list_checkpoints(ckpt_dir) if ckpt_dir is not None else []
-            kept = (f"the last good checkpoint, step {ck[-1][0]}, is kept in {ckpt_dir}; lower "
-                    f"train.lr in {run_dir / 'config.yaml'} and continue with --resume"
-                    if ck else "no checkpoint was written; lower the learning rate (train.lr)")
-            raise NonFiniteLossError(
-                f"training stopped: the loss or gradient became non-finite (NaN or inf) between "
-                f"steps {checked['step'] + 1} and {step}; nothing from those steps was saved; {kept}")
-        checked["step"] = step
-
-    def checkpoint():
-        check_finite()
-        if ckpt_dir is None:
-            return
-        gens = [gen.get_state()]
-        caches = [cache.state_dict()] if cache is not None else None
-        if world > 1:
-            gathered = [None] * world
-            torch.distributed.all_gather_object(gathered, gen.get_state().cpu())
-            gens = gathered
-            if cache is not None:  # every rank's own cache, so that each resumes its own
-                gathered = [None] * world
-                torch.distributed.all_gather_object(gathered, _to_cpu(cache.state_dict()))
-                caches = gathered
-        if rank == 0:
-            extra = {"cache": caches} if caches is not None else {}
-            save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(),
-                             "optimizer": opt.state_dict(), "generator": gens, "step": step, **extra,
-                             "train_config": json.dumps(cfg.to_dict()),
-                             "loss_config": json.dumps(asdict(loss_cfg))},
-                            ckpt_dir, step, cfg.keep_checkpoints)
-
-    if run_dir is not None and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = open(run_dir / "metrics.jsonl", "a") if (run_dir is not None and rank == 0) else None
-    stop = _StopFlag(handle_signals)
+    def loss_of(y, sigma_n, clean, progress, generator, cache):
+        with autocast:
+            return objective_loss(net, y, sigma_n, loss_cfg, progress=progress, clean=clean,
+                                  generator=generator, teacher=teacher, cache=cache)
 
     def warm_up(y, sigma_n, clean):
         """Forward and backward on the first batch's shapes, in both phases of the objective,
@@ -321,83 +254,99 @@ def train(model: EDMDenoiser, dataset: Dataset, loss_cfg: LossConfig, cfg: Train
         phases = [1.0] + ([0.0] if loss_cfg.objective == "ambient+consistency"
                           and loss_cfg.consistency_start > 0 else [])
         for progress in phases:
-            with autocast:
-                warm = objective_loss(net, y, sigma_n, loss_cfg, progress=progress, clean=clean,
-                                      generator=g, teacher=teacher,
-                                      cache=CleanCache(cache.capacity) if cache is not None else None)
-            warm.loss.backward()
+            loss_of(y, sigma_n, clean, progress, g, CleanCache(cache.capacity) if cache is not None else None
+                    ).loss.backward()
         opt.zero_grad(set_to_none=True)
 
-    history, t_log, n_log, acc = [], time.perf_counter(), 0, {}
-    t_data = 0.0
-    stopping = False
-    last = stop_after if stop_after is not None else cfg.steps
-    speed, warmed = contextlib.ExitStack(), False
+    if run_dir is not None and rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    log = _MetricsLog(run_dir / "metrics.jsonl" if (run_dir is not None and rank == 0) else None, callback)
+    stop = _StopFlag(handle_signals)
+    stopping, warmed = False, False
+    last = min(stop_after if stop_after is not None else cfg.steps, cfg.steps)
+    speed = contextlib.ExitStack()
     try:
         speed.enter_context(channels_last([model, ema], cfg.channels_last, spatial_dims_of(model)))
         speed.enter_context(gradient_checkpointing(model, cfg.grad_checkpointing))
         it = iter(loader)
-        while step < min(last, cfg.steps):
+        while run.step < last:
             t0 = time.perf_counter()
             batch = next(it)
             y = batch["image"].to(device, non_blocking=True)
             sigma_n = batch["sigma_n"].to(device, dtype=y.dtype)
             clean = batch["clean"].to(device) if "clean" in batch else None
-            t_data += time.perf_counter() - t0
+            log.t_data += time.perf_counter() - t0
             if compiled is not None and not warmed:
                 compiled.warm_up(lambda: warm_up(y, sigma_n, clean))
-                warmed, t_log = True, time.perf_counter()  # compile time is not step time
+                warmed, log.t_log = True, time.perf_counter()  # compile time is not step time
             for g in opt.param_groups:
-                g["lr"] = _lr(cfg, step)
-            with autocast:
-                out = objective_loss(net, y, sigma_n, loss_cfg, progress=step / cfg.steps,
-                                     clean=clean, generator=gen, teacher=teacher, cache=cache)
+                g["lr"] = _lr(cfg, run.step)
+            out = loss_of(y, sigma_n, clean, run.step / cfg.steps, run.gen, cache)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            step += 1
-            ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)),
-                       fused=cfg.fused_ema)
-
-            # accumulate on the device: a float() per step would sync the GPU every step
-            acc["loss"] = acc.get("loss", 0.0) + out.loss.detach().double()
-            acc["grad_norm"] = acc.get("grad_norm", 0.0) + gnorm.detach().double()
-            nonfinite |= ~(torch.isfinite(out.loss.detach()) & torch.isfinite(gnorm.detach()))
-            for k, v in out.parts.items():
-                acc[k] = acc.get(k, 0.0) + v.double()
-            n_log += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                check_finite()
-                dt = time.perf_counter() - t_log
-                row = {"step": step, **{k: float(v) / n_log for k, v in acc.items()},
-                       "lr": _lr(cfg, step - 1), "steps_per_sec": n_log / dt,
-                       "data_share": t_data / dt, "time": time.time()}
-                history.append(row)
-                if metrics is not None:
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                if callback is not None:
-                    callback(step, row)
-                t_log, n_log, acc, t_data = time.perf_counter(), 0, {}, 0.0
-            # Decide from one snapshot of the flag: a signal landing after it is read must not
-            # send this rank into a checkpoint collective that the other ranks skip.
-            stopping = stop.stop
-            if world > 1:  # a signal may reach one rank only, or the ranks at different
-                # steps: agree on stopping, or the others wait forever in the next collective
-                flag = torch.tensor([float(stopping)], device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                stopping = bool(flag.item())
-            if step % cfg.checkpoint_every == 0 or stopping:
-                checkpoint()
+            run.step += 1
+            ema_update(ema, model, min(cfg.ema_decay, (1 + run.step) / (10 + run.step)), fused=cfg.fused_ema)
+            run.watch(out.loss, gnorm)
+            log.add(out, gnorm)
+            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                run.check_finite()
+                log.write(run.step, _lr(cfg, run.step - 1))
+            stopping = _agree(stop.stop, world, device)
+            if run.step % cfg.checkpoint_every == 0 or stopping:
+                run.checkpoint()
             if stopping:
                 break
-        if not stopping and (step == cfg.steps or step == stop_after):
-            checkpoint()
-        check_finite()  # also without a run folder: never return NaN weights as a result
+        if not stopping and (run.step == cfg.steps or run.step == stop_after):
+            run.checkpoint()
+        run.check_finite()  # also without a run folder: never return NaN weights as a result
     finally:
         speed.close()  # contiguous weights again (safetensors), blocks unwrapped
         stop.restore()
-        if metrics is not None:
-            metrics.close()
-    return TrainResult(model=ema, step=step, history=history, interrupted=stopping)
+        log.close()
+    return TrainResult(model=ema, step=run.step, history=log.history, interrupted=stopping)
+
+
+def _agree(stop: bool, world: int, device) -> bool:
+    """One snapshot of the stop flag, agreed by all ranks: a signal may reach one rank only, or
+    the ranks at different steps, and a rank that stops alone leaves the others waiting forever
+    in the next collective."""
+    if world > 1:
+        flag = torch.tensor([float(stop)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+    return stop
+
+
+class _MetricsLog:
+    """Loss parts summed on the device (a float() per step would sync the GPU every step) and
+    written as one ``metrics.jsonl`` row per ``log_every`` steps; ``callback(step, row)`` sees it."""
+
+    def __init__(self, path: Path | None, callback):
+        self.file = open(path, "a") if path is not None else None
+        self.callback, self.history = callback, []
+        self.acc, self.n, self.t_log, self.t_data = {}, 0, time.perf_counter(), 0.0
+
+    def add(self, out, grad_norm: torch.Tensor) -> None:
+        self.acc["loss"] = self.acc.get("loss", 0.0) + out.loss.detach().double()
+        self.acc["grad_norm"] = self.acc.get("grad_norm", 0.0) + grad_norm.detach().double()
+        for k, v in out.parts.items():
+            self.acc[k] = self.acc.get(k, 0.0) + v.double()
+        self.n += 1
+
+    def write(self, step: int, lr: float) -> None:
+        dt = time.perf_counter() - self.t_log
+        row = {"step": step, **{k: float(v) / self.n for k, v in self.acc.items()}, "lr": lr,
+               "steps_per_sec": self.n / dt, "data_share": self.t_data / dt, "time": time.time()}
+        self.history.append(row)
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        if self.callback is not None:
+            self.callback(step, row)
+        self.acc, self.n, self.t_log, self.t_data = {}, 0, time.perf_counter(), 0.0
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
