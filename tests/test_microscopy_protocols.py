@@ -51,11 +51,11 @@ def test_train_on_a_tif_end_to_end(tmp_path):
 def test_a_named_protocol_is_kept_on_a_cpu(tmp_path):
     """Only a protocol chosen from the data is swapped for its CPU preset; a named one is the user's."""
     tif = write_cells_tif(tmp_path / "cells.tif", n=4, size=64)
-    r = cli("train", "--data", tif, "--out", tmp_path / "run", "--protocol", "microscopy-2d", "--steps", "20",
+    r = cli("train", "--data", tif, "--out", tmp_path / "run", "--protocol", "microscopy-2d", "--steps", "10",
             "--batch-size", "2", "--previews", "0", "--no-progress", "--device", "cpu")
     assert r.exit_code == 0, (r.stdout, r.stderr)
     assert "microscopy-2d-cpu" not in r.stderr + r.stdout
-    assert "learning-rate warm-up: 2 steps" in r.stderr
+    assert "learning-rate warm-up: 1 steps" in r.stderr
     prior = AmbientPrior.load(tmp_path / "run")
     assert tuple(prior.metadata.network["features"]) == (32, 64, 64)
     assert prior.metadata.noise["a"] == pytest.approx(2.0, rel=0.3)
