@@ -17,8 +17,8 @@ absolute pair (the bias as a share of the signal), and the no-grad network calls
 consistency sample (the cost beyond the two gradient calls).
 
     python benchmarks/consistency_kernels.py [--draws 40000]
-Writes benchmarks/results/consistency_kernels.{json,md}. The committed results also hold rows of
-the withdrawn ``anchored`` variant, measured with this script at commit 2519c05 before
+Writes benchmarks/results/consistency_kernels.{json,md}. The recorded results also hold rows of
+the withdrawn ``anchored`` variant, measured with an earlier version of this script, before
 ``LossConfig`` stopped offering it.
 """
 

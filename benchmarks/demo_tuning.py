@@ -1,4 +1,4 @@
-"""How the demo protocol's loss settings were chosen (issue 8): background noise of the ambient prior's samples.
+"""How the demo protocol's loss settings were chosen: background noise of the ambient prior's samples.
 
 The demo must show, in a few CPU minutes, that an ``ambient+consistency`` prior trained on noisy
 phantoms samples *clean* images. At the old settings (EDM-like ``p_mean = -1``, 800 steps) its
@@ -40,7 +40,7 @@ VARIANTS = {  # loss overrides on top of the protocol named by --base
     "pm2cs": {**R59, "p_mean": -2.0, "p_std": 1.0, "consistency_start": 0.25, "consistency_fraction": 0.5},
     "pm25": {**R59, "p_mean": -2.5, "p_std": 1.0},
     "pm3": {**R59, "p_mean": -3.0, "p_std": 1.0},
-    # cheaper steps for the 3-minute budget (issue 8): on top of pm25
+    # cheaper steps for the demo's 3-minute budget: on top of pm25
     "sub1": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_substeps": 1},
     "b12": {**R59, "p_mean": -2.5, "p_std": 1.0, "train": {"batch_size": 12}},
     "s320cs3": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_start": 0.3, "train": {"steps": 320}},

@@ -317,7 +317,7 @@ def write_report(results, extra, floors, sn, args, device):
                      f" | {_ms(r['fd_spectral_full'])} [{fs:.4f}] | {_ms(r['fd_spectral_truncated'])} [{fs:.4f}]"
                      f" | {r['step_time_ratio']:.2f} | {bands} |")
     if device.type == "cpu":
-        lines.append("\nCPU run at a reduced budget (no GPU in that session); the full-budget run "
+        lines.append("\nCPU run at a reduced budget (no GPU was available); the full-budget run "
                      "(3 seeds, 4000 steps x batch 128) needs a GPU.\n")
     text = "\n".join(lines) + "\n"
     (args.out / f"exactness_sn{sn}.md").write_text(text)

@@ -1,4 +1,4 @@
-"""Exactness beyond Gaussians (issue 7): the exactness benchmark on a Gaussian MIXTURE field.
+"""Exactness beyond Gaussians: the exactness benchmark on a Gaussian MIXTURE field.
 
 `GaussianMixtureField((16, 16))` is a mixture of 3 stationary Gaussian fields with distinct means,
 spectra and weights (0.5, 0.3, 0.2), per-pixel variance 1. Its MMSE denoiser is known in closed

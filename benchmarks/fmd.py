@@ -1,4 +1,4 @@
-"""FMD confocal benchmark (issue 10): denoise real fluorescence captures with a prior learned from
+"""FMD confocal benchmark: denoise real fluorescence captures with a prior learned from
 noisy captures alone, against BM3D, Noise2Void and a supervised oracle, in one run and one table.
 
 Data: ``../shared/data/microscopy/fmd_confocal_bpae_b`` (FMD, Zhang et al. CVPR 2019,

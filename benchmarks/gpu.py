@@ -563,7 +563,7 @@ def _fmt(r: dict) -> str:
 
 
 def targets(res: dict, full: bool) -> dict:
-    """The issue's targets; only meaningful for a full-size GPU run."""
+    """The benchmark's targets; only meaningful for a full-size GPU run."""
     t = {}
     knee, vol = res.get("training", {}).get("knee", {}), res.get("training", {}).get("3d", {})
     if "clean_vs_bare" in knee:
@@ -671,7 +671,7 @@ def markdown(res: dict) -> str:
                   f"data {100 * t['data_share']:.1f}% of step time ({t['step_ms']:.0f} ms steps)."]
     tg = res.get("targets")
     if tg:
-        lines += ["\n## Targets (issue 11)\n", "| target | met |", "|---|---|"]
+        lines += ["\n## Targets\n", "| target | met |", "|---|---|"]
         lines += [f"| {k} | {'n/a (reduced sizes)' if v is None else ('yes' if v else 'NO')} |"
                   for k, v in tg.items()]
     return "\n".join(lines) + "\n"
@@ -717,7 +717,7 @@ def main() -> None:
                                  "gpu_cpu_smoke.json" if dev.type == "cpu" else "gpu_quick.json")
     label = ("GPU figures" if dev.type == "cuda" and full else
              "CPU smoke figures (reduced sizes, few steps; NOT GPU figures)" if dev.type == "cpu"
-             else "GPU smoke figures (reduced sizes; not the issue's sizes)")
+             else "GPU smoke figures (reduced sizes; not the target sizes)")
     command = "python benchmarks/gpu.py " + " ".join(sys.argv[1:])
     res = {"label": label, "command": command,
            "device": device_info(dev), "quick": args.quick, "timed_steps": steps,

@@ -1,4 +1,4 @@
-"""Magnitude MRI on real data: the non-central chi noise model, trained and used through the CLI path (issue 10).
+"""Magnitude MRI on real data: the non-central chi noise model, trained and used through the CLI path.
 
 The real 8-coil sum-of-squares volume ``test_piesno.nii.gz`` (96 x 96 x 14, dipy's PIESNO test
 data) has background noise that is chi with 16 degrees of freedom: its mean is not zero but

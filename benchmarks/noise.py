@@ -1,6 +1,6 @@
-"""Noise-estimation figures: synthetic SNR sweep, demo phantoms and real-data checks (issues 3, 8).
+"""Noise-estimation figures: synthetic SNR sweep, demo phantoms and real-data checks.
 
-Coil-combined noise is measured over the whole field of view (issue 8), with the fraction of
+Coil-combined noise is measured over the whole field of view, with the fraction of
 noise-free pixels (must be 0).
 
 Run:  PYTHONPATH=. python benchmarks/noise.py
