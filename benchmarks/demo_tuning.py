@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from common.results import RESULTS
+from common.work import append_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
 R59 = {"consistency_step_ratio": [0.5, 0.9]}
 VARIANTS = {  # loss overrides on top of the protocol named by --base
     "base": {},
@@ -121,7 +122,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override the protocol's (400)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "demo_tuning.jsonl")
+    ap.add_argument("--out", type=Path, default=RESULTS / "demo_tuning.jsonl")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,9 +130,7 @@ def main() -> None:
         for name in a.variants:
             row = run_variant(name, VARIANTS[name], a.steps, work, work / "data")
             print(json.dumps(row))
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            with a.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_jsonl(a.out, row)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from overrides import loss_overrides  # benchmarks/overrides.py
+from common.overrides import loss_overrides
 
 from ambient_med.diffusion.losses import LossConfig
 from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig, count_parameters

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from overrides import loss_overrides  # benchmarks/overrides.py
+from common.overrides import loss_overrides
 from scipy import ndimage
 
 from ambient_med.noise import from_dict

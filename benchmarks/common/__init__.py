@@ -1,0 +1,15 @@
+"""What the benchmark scripts share, so that each script says only what it measures.
+
+General pieces:
+
+* ``paths``: the repository, the real data shared beside it;
+* ``results``: the results folder, smoke-run file names, atomic JSON, run metadata;
+* ``scoring``: PSNR, SSIM, coverage of posterior intervals;
+* ``tables``: Markdown tables, the hand-written analysis kept below a generated report;
+* ``figures``: matplotlib without a display, saving, image grids;
+* ``work``: resumable work folders (progress files, checkpoints, keys of cached results);
+* ``overrides``: ``--loss KEY=VALUE`` options.
+
+Scripts run as ``python benchmarks/<name>.py``: the benchmarks folder is then first on
+``sys.path``, and ``from common import ...`` finds this package.
+"""
