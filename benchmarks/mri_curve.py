@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mri_recon as mr  # noqa: E402  (data, network and scoring of the MRI benchmark)
-from fmd_curve import Progress, curve_args  # noqa: E402
+from common.curves import curve_args  # noqa: E402
+from common.work import Progress  # noqa: E402
 
 from ambient_med.diffusion.losses import LossConfig  # noqa: E402
 from ambient_med.diffusion.networks import EDMDenoiser  # noqa: E402

@@ -10,6 +10,10 @@ General pieces:
 * ``work``: resumable work folders (progress files, checkpoints, keys of cached results);
 * ``overrides``: ``--loss KEY=VALUE`` options.
 
+Per benchmark family (data, models and reports the family's scripts share):
+
+* FMD microscopy: ``fmd_data``, ``fmd_methods``, and ``curves`` (learning curves, also MRI's);
+
 Scripts run as ``python benchmarks/<name>.py``: the benchmarks folder is then first on
 ``sys.path``, and ``from common import ...`` finds this package.
 """
