@@ -13,6 +13,7 @@ General pieces:
 Per benchmark family (data, models and reports the family's scripts share):
 
 * FMD microscopy: ``fmd_data``, ``fmd_methods``, and ``curves`` (learning curves, also MRI's);
+* MRI: ``mni`` (the simulated problem), ``mri_priors``, ``mri_baselines``, ``mri_real``, ``mri_table``;
 
 Scripts run as ``python benchmarks/<name>.py``: the benchmarks folder is then first on
 ``sys.path``, and ``from common import ...`` finds this package.
