@@ -17,6 +17,7 @@ Per benchmark family (data, models and reports the family's scripts share):
 * below the noise floor: ``air_mixture``, ``below_noise_report``;
 * speed: ``gpu_setup``, ``bare_loop``, ``timing``, ``gpu_report``;
 * exactness: ``exact``;
+* magnitude MRI: ``magnitude_volume``.
 
 Scripts run as ``python benchmarks/<name>.py``: the benchmarks folder is then first on
 ``sys.path``, and ``from common import ...`` finds this package.
