@@ -20,6 +20,7 @@ from .timing import peak_mb, reset_peak, sync
 
 
 def bare_unet(cfg: NetworkConfig) -> torch.nn.Module:
+    """The package's MONAI U-Net, built directly."""
     from monai.networks.nets import DiffusionModelUNet
 
     return DiffusionModelUNet(spatial_dims=cfg.spatial_dims, in_channels=cfg.channels,
@@ -30,6 +31,7 @@ def bare_unet(cfg: NetworkConfig) -> torch.nn.Module:
 
 
 def _col(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``t`` as a column broadcasting over a batch of ``ndim``-dimensional images."""
     return t.reshape(-1, *([1] * (ndim - 1)))
 
 
@@ -42,6 +44,7 @@ def bare_D(unet, x, s, sd):
 
 
 def bare_lam(s, sd):
+    """EDM's loss weight ``(s^2 + sd^2) / (s sd)^2``."""
     return (s * s + sd * sd) / (s * sd) ** 2
 
 
@@ -76,6 +79,8 @@ def bare_reverse(D, x, a, b_end, steps, g, first=None):
 
 
 def bare_loss(unet, y, sn, clean, c: LossConfig, g):
+    """The objective's loss written out by hand (``clean``, ``ambient``,
+    ``ambient+consistency`` with the pair term)."""
     sd, n, dev = c.sigma_data, y.shape[0], y.device
     D = lambda x, s: bare_D(unet, x, s, sd)  # noqa: E731
     per = lambda w, sq: (_col(w, sq.ndim) * sq).flatten(1).mean(1)  # noqa: E731

@@ -51,6 +51,7 @@ def aggregate(cells: list[dict], sigmas, names) -> dict:
 
 
 def _med(v):
+    """Median over seeds."""
     return statistics.median(v)
 
 

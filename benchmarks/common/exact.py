@@ -19,6 +19,7 @@ OBJECTIVES = ("clean", "naive", "ambient", "ambient+consistency")
 
 
 def network_config(size: int) -> NetworkConfig:
+    """The exactness benchmarks' U-Net on ``size`` x ``size`` fields."""
     # Stationary fields need no attention; a small UNet keeps the GPU step launch-bound-cheap.
     return NetworkConfig(spatial_dims=2, channels=1, sigma_data=1.0, features=(32, 64, 64),
                          attention_levels=(False, False, False), num_res_blocks=1,

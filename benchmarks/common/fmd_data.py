@@ -47,6 +47,7 @@ def expected_z(model: PoissonGaussian, x: np.ndarray) -> np.ndarray:
 
 
 def crop_for_quick(x, n=128):
+    """The top-left ``n`` x ``n`` corner (the smoke run's crop)."""
     return x[..., :n, :n]
 
 

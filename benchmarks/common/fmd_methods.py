@@ -70,6 +70,7 @@ def n2v_mask(x: torch.Tensor, box: int, g: torch.Generator):
 
 
 def n2v_loss(box):
+    """Noise2Void's loss: MSE on the masked pixels of ``box`` x ``box`` cells."""
     def fn(model, batch, g):
         x = batch["image"]
         xm, mask = n2v_mask(x, box, g)
@@ -78,6 +79,7 @@ def n2v_loss(box):
 
 
 def supervised_loss(sigma_n):
+    """The supervised oracle's loss: MSE of ``D(y, sigma_n)`` against the co-located clean patch."""
     def fn(model, batch, g):
         y, c = batch["image"], batch["clean"]
         return (model(y, torch.full((y.shape[0],), sigma_n)) - c).square().mean()

@@ -19,6 +19,7 @@ def fmt(r: dict) -> str:
 
 
 def markdown(res: dict) -> str:
+    """The Markdown report of a result of ``gpu.py`` (also ``--render``)."""
     dev = res["device"]
     head = (f"# {res['label']}\n\n"
             f"Device: {dev.get('gpu', dev['cpu'])} ({dev['device']}), torch {dev['torch']}, "

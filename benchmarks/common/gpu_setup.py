@@ -23,6 +23,7 @@ SIZES = {"full": {KNEE: ((320, 320), 16), VOL: ((128, 128, 128), 2)},
 
 
 def network_config(protocol: str, spatial_dims: int, channels: int) -> NetworkConfig:
+    """The protocol's network for ``channels``-channel images in ``spatial_dims`` dimensions."""
     net = load_protocol(protocol).network.to_dict()
     net.update(spatial_dims=spatial_dims, channels=channels, sigma_data=SIGMA_DATA)
     return NetworkConfig(**net)
@@ -57,6 +58,7 @@ def synthetic_set(shape, channels: int, n: int, dev: torch.device, seed: int = 0
 
 
 def knee_prior(shape, dev):
+    """An untrained prior with the knee protocol's network (timing only), on ``dev``."""
     from ambient_med.prior import AmbientPrior, PriorMetadata
 
     torch.manual_seed(0)

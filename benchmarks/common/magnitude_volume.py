@@ -19,6 +19,7 @@ N_COILS = 8
 
 
 def data_file() -> Path:
+    """Where ``test_piesno.nii.gz`` is (under the shared data)."""
     return shared_data() / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz"
 
 

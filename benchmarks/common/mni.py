@@ -54,6 +54,7 @@ def smooth_phase(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def coil_maps(coils: int, size: int) -> np.ndarray:
+    """sigpy birdcage maps, normalised to ``sum_c |S_c|^2 = 1``."""
     import sigpy.mri as mr
 
     s = mr.birdcage_maps((coils, size, size), r=1.5, nzz=coils)

@@ -23,6 +23,7 @@ def sense_cg(ku: np.ndarray, maps: np.ndarray, mask: np.ndarray, lam: float,
 
 def l1_wavelet(ku: np.ndarray, maps: np.ndarray, mask: np.ndarray, lam: float,
                iters: int = 100) -> np.ndarray:
+    """sigpy's L1-wavelet reconstruction (db4), ``lamda = lam``, ``iters`` iterations."""
     import sigpy.mri.app as app
 
     w = np.broadcast_to(mask, ku.shape[-2:]).astype(np.float32)

@@ -54,6 +54,8 @@ class PatchSet(torch.utils.data.Dataset):
 
 
 def network(args, sigma_data: float, channels: int = 2) -> NetworkConfig:
+    """The benchmarks' CPU network: no attention, one res block (the package's quick-start CPU
+    network)."""
     # no attention, one res block: what fits a CPU (the quick-start CPU network of the package)
     return NetworkConfig(spatial_dims=2, channels=channels, sigma_data=sigma_data,
                          features=tuple(args.features), attention_levels=(False,) * len(args.features),
@@ -121,6 +123,8 @@ def train_priors(objectives, clean: np.ndarray, noisy: np.ndarray, sigma: float,
 
 
 def run_sampler(prior: AmbientPrior, ku, mask, maps, sigma, method, args, seed) -> tuple[dict, float, int]:
+    """One slice reconstructed by ``prior.reconstruct`` as the benchmarks run it: ``(output,
+    seconds, single-image network calls)``."""
     g = torch.Generator(device=prior.device).manual_seed(seed)
     extra = {"mode": args.dps_mode, "cg_iters": args.dps_cg_iters} if method == "dps" else {}
     t = time.perf_counter()

@@ -25,6 +25,7 @@ def real_size(size: int) -> tuple[int, int]:
 
 
 def crop_centre(k: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The centre ``shape`` of the last two axes."""
     h, w = k.shape[-2:]
     i, j = h // 2 - shape[0] // 2, w // 2 - shape[1] // 2
     return k[..., i:i + shape[0], j:j + shape[1]]
@@ -90,6 +91,7 @@ def calib_square(mask: np.ndarray) -> int:
 
 
 def real_score(est: np.ndarray, ref: np.ndarray, fit: bool) -> dict:
+    """PSNR and SSIM of the magnitude, peak ``max |ref|`` (``fit``: after a least-squares scale)."""
     a, r = np.abs(est), np.abs(ref)
     if fit:          # least-squares scale of the magnitude
         a = a * float(np.sum(a * r) / max(np.sum(a * a), 1e-30))

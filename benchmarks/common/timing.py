@@ -11,21 +11,25 @@ import torch
 
 
 def sync(dev: torch.device) -> None:
+    """Wait for the device's queued work (CUDA)."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
 
 def reset_peak(dev: torch.device) -> None:
+    """Start a new peak-memory measurement (CUDA)."""
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
 
 
 def peak_mb(dev: torch.device) -> float | None:
+    """Peak memory since ``reset_peak`` in MB (CUDA; None on a CPU)."""
     return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
 
 
 def device_info(dev: torch.device) -> dict:
+    """What the measurements ran on: device, versions, cores, threads, load."""
     import monai
 
     info = {"device": dev.type, "torch": torch.__version__, "monai": monai.__version__,
@@ -46,10 +50,12 @@ def device_info(dev: torch.device) -> dict:
 
 
 def oom(e: BaseException) -> bool:
+    """Whether ``e`` is an out-of-memory error."""
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def guarded(fn, *a, **k) -> dict:
+    """``fn(*a, **k)``, or ``{"error": ...}`` if it fails (out of memory: does not fit)."""
     try:
         return fn(*a, **k)
     except Exception as e:  # noqa: BLE001 - a failed row is a result (OOM: does not fit)
