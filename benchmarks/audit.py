@@ -1,4 +1,4 @@
-"""Memorisation audit (issue 9) on a deliberately small training set: does a prior trained on
+"""Memorisation audit on a deliberately small training set: does a prior trained on
 ``--n-train`` (64) images reproduce them, and does training on noisy versions of the same images
 (``ambient+consistency``) keep it from doing so?
 
@@ -12,9 +12,10 @@ generalisation. Training set: ``--n-train`` slices, every other slice through th
 Held-out control: ``--n-control`` other slices between them (new phases, neighbouring anatomy).
 Noise: white complex Gaussian, ``--snr-db`` image SNR as in ``mri_recon.py``.
 
-Priors (``mri_recon.train_priors``: the package's training loop, equal budget): ``clean`` on the
-clean images, ``ambient+consistency`` on one noisy version of each. ``--steps`` x ``--batch-size``
-is many epochs of 64 images (250 at the defaults), as long as the CPU budget allows.
+Priors (``train_priors`` of ``common.mri_priors``, as in ``mri_recon.py``: the package's training
+loop, equal budget): ``clean`` on the clean images, ``ambient+consistency`` on one noisy version
+of each. ``--steps`` x ``--batch-size`` is many epochs of 64 images (250 at the defaults), as long
+as the CPU budget allows.
 
 The audit is ``ambient_med.tasks.audit.audit`` (the code behind ``ambient-med audit``):
 
@@ -39,18 +40,19 @@ kept) and ``audit.png`` (samples beside their nearest training images).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common.figures import pyplot, save
+from common.mni import MNI, intensity_scale, mni_slices, sigma_at_snr, smooth_phase
+from common.mri_priors import train_priors
+from common.results import RESULTS, settings, write_json
+from common.tables import MARKER, analysis, rule, table
+from common.work import quick_folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mri_recon import MARKER, MNI, RESULTS, intensity_scale, mni_slices, sigma_at_snr, smooth_phase, train_priors  # noqa: E402
-
-from ambient_med.tasks.audit import attack_error, audit, audit_space, nearest_correlation  # noqa: E402
+from ambient_med.tasks.audit import attack_error, audit, audit_space, nearest_correlation
 
 OBJECTIVES = ("clean", "ambient+consistency")
 
@@ -87,7 +89,7 @@ def parse(argv=None):
         a.size = a.patch = 16
         a.n_train, a.n_control, a.steps, a.batch_size, a.n_samples, a.n_attack = 16, 4, 10, 8, 8, 4
         a.sample_steps = 4
-        a.work = a.work.with_name(a.work.name + "_quick")
+        a.work = quick_folder(a.work)
     return a
 
 
@@ -186,8 +188,7 @@ def main(argv=None) -> dict:
               f"{rep['reconstruction_attack']['train_over_heldout']:.3f}", flush=True)
 
     suffix = (f"_{args.name}" if args.name != "audit" else "") + ("_quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    meta = {"settings": settings(args),
             "data": {"mni": MNI.name, "train_slices": train_idx, "control_slices": control_idx,
                      "attacked_training_slices": [train_idx[i] for i in first],
                      "sigma": sigma, "scale": scale, "pixel_mm": 192 / args.size},
@@ -195,18 +196,16 @@ def main(argv=None) -> dict:
                                                "total": time.perf_counter() - t0},
             "torch": torch.__version__, "threads": args.threads}
     out = {"report": report, "meta": meta}
-    (args.out / f"audit{suffix}.json").write_text(json.dumps(out, indent=1))
+    write_json(args.out / f"audit{suffix}.json", out)
     save_figure(figs, args.out / f"audit{suffix}.png")
     md_path = args.out / f"audit{suffix}.md"
-    kept = md_path.read_text().split(MARKER, 1)[1] if md_path.is_file() and MARKER in md_path.read_text() else ""
-    md_path.write_text(markdown(report, meta, args) + f"\n\n{MARKER}{kept}")
+    md_path.write_text(markdown(report, meta, args) + "\n\n" + (analysis(md_path) or MARKER))
     print(markdown(report, meta, args))
     return out
 
 
 def markdown(report: dict, meta: dict, args) -> str:
-    rows = ["| | share rho > 0.95 | share rho > 0.9 | rho median | rho 90% | rho 99% | rho max |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| | share rho > 0.95 | share rho > 0.9 | rho median | rho 90% | rho 99% | rho max |", rule(7)]
 
     def row(name, r):
         qs = r["nearest_rho_quantiles"]
@@ -217,14 +216,13 @@ def markdown(report: dict, meta: dict, args) -> str:
         row(f"samples of `{obj}` vs clean training images", report[obj])
     row("held-out real images vs training images (control)", report["control_heldout_images"])
     a = report["ambient+consistency"].get("vs_noisy_training_images")
-    att = ["| prior | sigma_a / sigma_data | error on training images | on held-out | train / held-out |",
-           "|---|---|---|---|---|"]
+    att = table(["prior", "sigma_a / sigma_data", "error on training images", "on held-out", "train / held-out"])
     for obj in OBJECTIVES:
         for level, r in report[obj]["attack_levels"].items():
             att.append(f"| `{obj}` | {level} | {r['train_error']:.4f} | {r['heldout_error']:.4f} | "
                        f"{r['train_over_heldout']:.3f} |")
     tr = ", ".join(f"{o} {v['train_seconds']:.0f} s" for o, v in meta["training"].items())
-    return f"""# Memorisation audit (issue 9)
+    return f"""# Memorisation audit
 
 Generated by `python benchmarks/audit.py{' --quick' if args.quick else ''}` (settings in
 `audit{'_quick' if args.quick else ''}.json`). {len(meta['data']['train_slices'])} MNI152 template slices
@@ -249,11 +247,7 @@ Samples of `ambient+consistency` against the *noisy* images it was trained on: s
 
 
 def save_figure(figs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = max(len(v[2]) for v in figs.values())
     fig, axes = plt.subplots(2 * len(figs), n, figsize=(1.3 * n, 2.8 * len(figs)), squeeze=False)
     for i, (obj, (samples, nearest, rho)) in enumerate(figs.items()):
@@ -269,9 +263,7 @@ def save_figure(figs: dict, path: Path) -> None:
         axes[2 * i + 1, 0].set_ylabel("nearest\ntraining", fontsize=7)
     fig.suptitle("the most training-like samples of each prior (magnitude) above their nearest "
                  "training image", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, 90)
 
 
 if __name__ == "__main__":

@@ -39,11 +39,8 @@ Cells are appended to `<out>.cells.jsonl` as they finish; a rerun skips cells al
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import os
-import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -53,17 +50,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from common.air_mixture import SHAPE, MLPDenoiser, Truth, draw_samples
+from common.below_noise_report import aggregate, figure, markdown
+from common.results import RESULTS, write_json
+from common.tables import analysis
+from common.work import append_jsonl, read_jsonl, settings_key
 
 from ambient_med.diffusion.losses import LossConfig
-from ambient_med.diffusion.sampling import sample
-from ambient_med.synthetic.mixtures import air_mask, air_mixture, gaussian_frechet_distance, radial_power_bands
+from ambient_med.synthetic.mixtures import radial_power_bands
 from ambient_med.training.loop import TensorDataset, TrainConfig, train
-from ambient_med.utils import append_dims, as_sigma
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RATIOS = (0.125, 0.25, 0.5, 1.0)
-SHAPE = (8, 8)
+STOP_RATIOS = (0.25, 0.5, 1.0)
 
 # Objectives by name: LossConfig overrides on top of LossConfig()'s defaults (objective and
 # sigma_data are set per run). "pair" and "anchored" pin the settings they are named after, so
@@ -95,97 +93,6 @@ OBJECTIVES: dict[str, dict] = {
     "ambient+sure": {"objective": "ambient", "sure_fraction": 0.5},
 }
 
-
-class MLPDenoiser(nn.Module):
-    """``D(x, s) = c_skip x + c_out F(c_in x, c_noise)`` (EDM preconditioning, as
-    ``ambient_med.diffusion.networks.EDMDenoiser``) with ``F`` a residual MLP on the flattened image whose
-    blocks are modulated (FiLM) by Fourier features of ``c_noise = ln(s)/4``."""
-
-    def __init__(self, shape=SHAPE, width: int = 256, depth: int = 4, sigma_data: float = 1.0,
-                 n_freq: int = 16):
-        super().__init__()
-        d = math.prod(shape)
-        self.register_buffer("sigma_data", torch.tensor(float(sigma_data)))
-        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(64), n_freq)))
-        self.emb = nn.Sequential(nn.Linear(2 * n_freq, width), nn.SiLU(), nn.Linear(width, width),
-                                 nn.SiLU())
-        self.inp = nn.Linear(d, width)
-        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
-        self.film = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(depth))
-        self.lin1 = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.lin2 = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d))
-
-    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        sigma = as_sigma(sigma, x).float()
-        sd = self.sigma_data
-        s2 = sigma**2 + sd**2
-        c_skip, c_out, c_in = sd**2 / s2, sigma * sd / s2.sqrt(), 1 / s2.sqrt()
-        a = (sigma.log() / 4)[:, None] * self.freqs
-        e = self.emb(torch.cat([a.sin(), a.cos()], 1))
-        h = self.inp((append_dims(c_in, x.ndim) * x).flatten(1).float())
-        for norm, film, l1, l2 in zip(self.norms, self.film, self.lin1, self.lin2):
-            scale, shift = film(e).chunk(2, 1)
-            h = h + l2(nn.functional.silu(l1(norm(h)) * (1 + scale) + shift))
-        f = self.out(h).reshape(x.shape).to(x.dtype)
-        return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * f
-
-
-# ---------------------------------------------------------------------------------------------
-# the truth
-# ---------------------------------------------------------------------------------------------
-
-class Truth:
-    """What the scores compare with, computed once per process. ``fd_floor`` is the Frechet
-    distance of the exact denoiser's samples through the same sampler from the same noise
-    (``SAMPLE_SEED``): no model can be expected to do better, and with the noise shared the
-    finite-sample fluctuation of the distance is largely shared too."""
-
-    def __init__(self, n_eval: int, classify_sigma: float = 1.0):
-        self.dist = air_mixture(SHAPE)
-        self.air = air_mask(self.dist)
-        self.mean, self.cov = self.dist.moments()
-        big = self.dist.sample(20000, torch.Generator().manual_seed(99))
-        self.bands = radial_power_bands(big)
-        self.classify_sigma = classify_sigma
-        self.n_eval = n_eval
-        exact = draw_samples(lambda x, s: self.dist.denoise(x.double(), s).float(), n_eval)
-        self.fd_floor = self.fd(exact)
-        self.exact_samples = exact
-
-    def fd(self, x: torch.Tensor) -> float:
-        flat = x.reshape(x.shape[0], -1).double().numpy()
-        return gaussian_frechet_distance(flat.mean(0), np.cov(flat, rowvar=False), self.mean, self.cov)
-
-    def weights_tv(self, x: torch.Tensor, sigma_n: float) -> float:
-        lab = torch.cat([self.dist.classify(c, self.classify_sigma) for c in x.split(1000)])
-        frac = torch.bincount(lab, minlength=self.dist.n_components).double() / len(lab)
-        return float(0.5 * (frac - self.dist.w).abs().sum())
-
-    def air_rms(self, x: torch.Tensor) -> float:
-        """RMS of ``x`` (N, 1, *SHAPE) over the air pixels."""
-        return float(x[:, :, self.air].double().square().mean().sqrt())
-
-    def tv_floor(self, sigma_n: float) -> float:
-        return self.weights_tv(self.exact_samples, sigma_n)
-
-
-SAMPLE_SEED = 12
-
-
-@torch.no_grad()
-def draw_samples(denoiser, n: int, stop: float | None = None) -> torch.Tensor:
-    """``n`` samples by the package's ``sample()`` (Heun, 40 steps), from noise seeded
-    ``SAMPLE_SEED``; ``stop``: integrate down to that level and return ``D`` there."""
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
-    sizes = [1000] * (n // 1000) + ([n % 1000] if n % 1000 else [])
-    kw = {"mode": "truncated", "sigma_n": stop} if stop is not None else {}
-    return torch.cat([sample(denoiser, (c, 1, *SHAPE), steps=40, generator=g, **kw) for c in sizes])
-
-
-# ---------------------------------------------------------------------------------------------
-# one cell: train one objective at one noise level and seed for the budget, then score it
-# ---------------------------------------------------------------------------------------------
 
 def loss_config(name: str, sigma_data: float) -> LossConfig:
     return LossConfig(**{**OBJECTIVES[name], "sigma_data": sigma_data})
@@ -248,10 +155,6 @@ def score(model, truth: Truth, sigma_n: float, args) -> dict:
                                       "bands": (radial_power_bands(xk) / truth.bands).tolist()}
     out["posterior"] = posterior_scores(model, truth, sigma_n, args.n_post)
     return out
-
-
-STOP_RATIOS = (0.25, 0.5, 1.0)
-ANALYSIS = "<!-- analysis -->"
 
 
 def posterior_scores(model, truth: Truth, sigma_n: float, n: int) -> dict:
@@ -335,170 +238,11 @@ def cell_key(name: str, sigma_n: float, seed: int, args) -> str:
     """Identifies a cell by everything that decides its result."""
     cfg = {k: v for k, v in _plain(asdict(loss_config(name, 1.0))).items()
            if NEUTRAL.get(k, object()) != v}
-    spec = json.dumps({"objective": cfg, "sigma_n": sigma_n,
-                       "seed": seed, "minutes": args.minutes, "n_train": args.n_train,
-                       "batch": args.batch_size, "lr": args.lr, "ema": args.ema, "lr_schedule": args.lr_schedule,
-                       "net": [args.width, args.depth], "n_eval": args.n_eval}, sort_keys=True)
-    return hashlib.sha1(spec.encode()).hexdigest()[:16]
+    return settings_key({"objective": cfg, "sigma_n": sigma_n,
+                         "seed": seed, "minutes": args.minutes, "n_train": args.n_train,
+                         "batch": args.batch_size, "lr": args.lr, "ema": args.ema, "lr_schedule": args.lr_schedule,
+                         "net": [args.width, args.depth], "n_eval": args.n_eval}, 16)
 
-
-# ---------------------------------------------------------------------------------------------
-# the report
-# ---------------------------------------------------------------------------------------------
-
-def aggregate(cells: list[dict], sigmas, names) -> dict:
-    out: dict = {}
-    for sn in sigmas:
-        block = {}
-        for name in names:
-            cs = sorted((c for c in cells if c["sigma_n"] == sn and c["objective"] == name),
-                        key=lambda c: c["seed"])
-            if not cs:
-                continue
-            block[name] = {
-                "excess_error": {r: [c["excess_error"][r] for c in cs] for r in cs[0]["excess_error"]},
-                "mmse": cs[0]["mmse"],
-                "air_std": [c["air_std"] for c in cs],
-                "weights_tv": [c["weights_tv"] for c in cs],
-                "fd_full": [c["fd_full"] for c in cs],
-                "fd_floor": cs[0]["fd_floor"],
-                "tv_floor": cs[0]["tv_floor"],
-                "bands": [c["bands"] for c in cs],
-                "stopped": {k: {m: [c["stopped"][k][m] for c in cs] for m in ("air_std", "fd", "weights_tv")}
-                            for k in cs[0].get("stopped", {})},
-                "posterior": ({u: {m: [c["posterior"][u][m] for c in cs]
-                                   for m in ("calibration", "pearson", "coverage", "cpu_s_per_image")}
-                               for u in ("samples", "tweedie")} if "posterior" in cs[0] else {}),
-                "posterior_mean_excess": [c["posterior"]["mean_excess"] for c in cs if "posterior" in c],
-                "wall_s": float(np.mean([c.get("cpu_s", c["wall_s"]) for c in cs])),
-                "steps": [c["steps"] for c in cs],
-                "seeds": [c["seed"] for c in cs],
-            }
-        out[str(sn)] = block
-    return out
-
-
-def _med(v):
-    return statistics.median(v)
-
-
-def markdown(agg: dict, args) -> str:
-    lines = ["# Below the noise floor: objectives on the air mixture (`benchmarks/below_noise.py`)", "",
-             f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, one core per run. "
-             f"Budget {args.minutes:g} CPU-minutes of training per run (equal for every objective: "
-             f"each run times its own steps first), batch {args.batch_size}, lr {args.lr:g} "
-             f"({args.lr_schedule}), EMA {args.ema}, {args.n_train} training images, network: "
-             f"residual MLP width {args.width} depth {args.depth}; {args.n_eval} samples (Heun, "
-             f"40 steps, sigma 80 -> 0) and {args.n_test} test images per cell. Medians over seeds "
-             f"{', '.join(map(str, args.seeds))}; per-seed values in the JSON. Excess errors are "
-             "per pixel, `E||D - D*||^2 / d`; the MMSE beside them is `E Var[x0 | x_s]`.", ""]
-    for sn, block in agg.items():
-        if not block:
-            continue
-        any_cell = next(iter(block.values()))
-        mm = any_cell["mmse"]
-        lines += [f"## sigma_n = {sn}", "",
-                  "MMSE per pixel: " + ", ".join(f"s = {r} sigma_n: {v:.2e}" for r, v in mm.items())
-                  + f"; Frechet floor {any_cell['fd_floor']:.4f} (the exact denoiser through the same "
-                  f"sampler from the same noise), weight-TV floor {any_cell['tv_floor']:.3f}.", "",
-                  "| objective | seeds | steps | excess s/8 | excess s/4 | excess s/2 | excess s | "
-                  "air std / sigma_n | weights TV | FD full | FD / floor | band power (low -> high) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name, c in block.items():
-            ex = c["excess_error"]
-            bands = np.median(np.array(c["bands"]), 0)
-            lines.append(
-                f"| {name} | {len(c['seeds'])} | {int(_med(c['steps']))} | "
-                + " | ".join(f"{_med(ex[r]):.2e}" for r in ex) + " | "
-                f"{_med(c['air_std']):.3f} | {_med(c['weights_tv']):.3f} | {_med(c['fd_full']):.4f} | "
-                f"{_med(c['fd_full']) / c['fd_floor']:.2f} | " + " ".join(f"{b:.2f}" for b in bands) + " |")
-        lines.append("")
-        lines += targets(block)
-        lines += stopped_table(block)
-        lines += posterior_table(block)
-    return "\n".join(lines)
-
-
-def targets(block: dict, name: str = "default") -> list[str]:
-    """The default objective against the clean oracle (medians over seeds)."""
-    if name not in block or "clean" not in block:
-        return []
-    d, o = block[name], block["clean"]
-    rows = [("excess error at sigma_n/4 <= 2x the oracle's", _med(d["excess_error"]["0.25"]),
-             2 * _med(o["excess_error"]["0.25"]), f"{_med(d['excess_error']['0.25']):.2e} vs oracle "
-             f"{_med(o['excess_error']['0.25']):.2e}"),
-            ("air std of samples <= 0.1 sigma_n", _med(d["air_std"]), 0.1,
-             f"{_med(d['air_std']):.3f} (oracle {_med(o['air_std']):.3f})"),
-            ("weights TV <= oracle + 0.02", _med(d["weights_tv"]), _med(o["weights_tv"]) + 0.02,
-             f"{_med(d['weights_tv']):.3f} vs oracle {_med(o['weights_tv']):.3f}"),
-            ("FD full <= 1.25x oracle", _med(d["fd_full"]), 1.25 * _med(o["fd_full"]),
-             f"{_med(d['fd_full']):.4f} vs oracle {_med(o['fd_full']):.4f}")]
-    out = [f"Targets for `{name}` (medians):", "", "| target | measured | met |", "|---|---|---|"]
-    out += [f"| {t} | {txt} | {'yes' if v <= lim else 'no'} |" for t, v, lim, txt in rows]
-    return out + [""]
-
-
-def stopped_table(block: dict) -> list[str]:
-    out = ["Sampling modes (medians): `full` integrates to 0; `stop k` integrates to k sigma_n "
-           "and returns D there (k = 1: truncated at sigma_n).", "",
-           "| objective | mode | air std / sigma_n | FD | weights TV |", "|---|---|---|---|---|"]
-    for name, c in block.items():
-        out.append(f"| {name} | full | {_med(c['air_std']):.3f} | {_med(c['fd_full']):.4f} | "
-                   f"{_med(c['weights_tv']):.3f} |")
-        for k, v in c.get("stopped", {}).items():
-            out.append(f"| {name} | stop {k} | {_med(v['air_std']):.3f} | {_med(v['fd']):.4f} | "
-                       f"{_med(v['weights_tv']):.3f} |")
-    return out + [""]
-
-
-def posterior_table(block: dict) -> list[str]:
-    if not any(c.get("posterior") for c in block.values()):
-        return []
-    out = [f"Denoising `y = x0 + sigma_n e` ({'posterior mean excess per pixel'}; std maps against the "
-           "exact posterior std: mean variance ratio, Pearson correlation, coverage of "
-           "|x0 - mean| <= 2 std on the disc, CPU seconds per 8x8 image):", "",
-           "| objective | mean excess | std map | calibration | Pearson | coverage | CPU s / image |",
-           "|---|---|---|---|---|---|---|"]
-    for name, c in block.items():
-        for u, v in c.get("posterior", {}).items():
-            out.append(f"| {name} | {_med(c['posterior_mean_excess']):.2e} | {u} | "
-                       f"{_med(v['calibration']):.2f} | {_med(v['pearson']):.2f} | "
-                       f"{100 * _med(v['coverage']):.1f}% | {_med(v['cpu_s_per_image']):.4f} |")
-    return out + [""]
-
-
-def figure(cells: list[dict], path: Path, sigmas, names) -> None:
-    """Samples of seed 0 from the same noise as the exact denoiser's (first row), 8 of the first 16:
-    every one that is not the all-zero air image, then air images."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dist = air_mixture(SHAPE)
-    exact = draw_samples(lambda x, s: dist.denoise(x.double(), s).float(), 16)
-    air = dist.classify(exact, 1.0) == 0
-    idx = ([i for i in range(16) if not air[i]] + [i for i in range(16) if air[i]])[:8]
-    rows = [("exact D*\n(same noise)", exact[idx, 0].numpy())]
-    for sn in sigmas:
-        for name in names:
-            c = next((c for c in cells if c["sigma_n"] == sn and c["objective"] == name and c["seed"] == 0), None)
-            if c is not None:
-                rows.append((f"{name}\nsigma_n={sn}", np.array(c["examples"])[idx]))
-    fig, axes = plt.subplots(len(rows), 8, figsize=(8 * 0.9, len(rows) * 0.95))
-    axes = np.atleast_2d(axes)
-    for i, (label, imgs) in enumerate(rows):
-        for j in range(8):
-            ax = axes[i, j]
-            ax.imshow(imgs[j], cmap="gray", vmin=-0.2, vmax=1.5)
-            ax.set_xticks([]), ax.set_yticks([])
-        axes[i, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
-    fig.suptitle("full-sampling samples (seed 0), grey scale -0.2 .. 1.5", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -537,11 +281,7 @@ def main():
     args = parse()
     stem = RESULTS / ("below_noise" + (f"_{args.tag}" if args.tag else ""))
     cells_path = stem.with_suffix(".cells.jsonl")
-    done = {}
-    if cells_path.exists():
-        for line in cells_path.read_text().splitlines():
-            c = json.loads(line)
-            done[c["key"]] = c
+    done = {c["key"]: c for c in read_jsonl(cells_path)}
     if args.render:  # only re-render the report from the cells already measured
         cells = list(done.values())
         names = list(dict.fromkeys(c["objective"] for c in cells))
@@ -558,8 +298,7 @@ def main():
             n, sn, s = futures[fut]
             c = fut.result()
             c["key"] = cell_key(n, sn, s, args)
-            with open(cells_path, "a") as f:
-                f.write(json.dumps(c) + "\n")
+            append_jsonl(cells_path, c)
             done[c["key"]] = c
             print(f"sigma_n {sn} {n:<12s} seed {s}: {c['steps']} steps, excess s/4 "
                   f"{c['excess_error']['0.25']:.2e}, air {c['air_std']:.3f}, TV {c['weights_tv']:.3f}, "
@@ -571,12 +310,11 @@ def main():
 
 def write_report(stem: Path, cells: list[dict], sigmas, names, args) -> None:
     agg = aggregate(cells, sigmas, names)
-    stem.with_suffix(".json").write_text(json.dumps(agg, indent=1))
+    write_json(stem.with_suffix(".json"), agg)
     md = markdown(agg, args) + f"\n![samples]({stem.name}.png)\n"
     md_path = stem.with_suffix(".md")
-    if md_path.exists() and ANALYSIS in md_path.read_text():  # keep the hand-written reading
-        md += "\n" + md_path.read_text()[md_path.read_text().index(ANALYSIS):]
-    md_path.write_text(md)
+    kept = analysis(md_path)  # keep the hand-written reading
+    md_path.write_text(md + ("\n" + kept if kept else ""))
     figure(cells, stem.with_suffix(".png"), sigmas, names)
     print(md)
 

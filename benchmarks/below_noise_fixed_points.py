@@ -18,17 +18,16 @@ Writes ``results/below_noise_fixed_points.{json,md}``::
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+from common.results import RESULTS, stem, write_json
+from common.tables import table
 
 from ambient_med.diffusion.fixed_points import expected_update, identity_below
 from ambient_med.diffusion.losses import LossConfig
 from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, PixelMixture, air_mixture
 
-RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("distill", "anchored", "pair")
 
 
@@ -65,25 +64,24 @@ def main() -> None:
             print(f"{law:9s} {variant:9s} exact z " + " ".join(f"{k} {v:+6.1f}" for k, v in
                   at_exact.z.items()) + f" | identity z toward_exact {at_identity.z['toward_exact']:+7.1f}",
                   flush=True)
-    stem = RESULTS / ("below_noise_fixed_points" + ("_quick" if args.quick else ""))
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"sigma_n": args.sigma_n, "draws": draws, "date": time.strftime("%Y-%m-%d"), "rows": rows},
-        indent=1))
+    out = RESULTS / stem("below_noise_fixed_points", args.quick)
+    write_json(out.with_suffix(".json"),
+               {"sigma_n": args.sigma_n, "draws": draws, "date": time.strftime("%Y-%m-%d"), "rows": rows})
     lines = ["# Fixed points of the below-sigma_n objectives (`benchmarks/below_noise_fixed_points.py`)",
              "", f"Measured {time.strftime('%Y-%m-%d')}, sigma_n = {args.sigma_n}, {draws} draws per "
              "cell, each variant at the package's default settings for it. z: the mean per-sample "
              "derivative of the term along a direction over its standard error. At the exact "
              "denoisers every |z| should be below 3 (stationary); at the identity below sigma_n "
              "the derivative toward the exact denoiser should be far below 0.", "",
-             "| law | variant | exact: toward exact | exact: offset | exact: scale | "
-             "stationary | identity: toward exact |", "|---|---|---|---|---|---|---|"]
+             *table(["law", "variant", "exact: toward exact", "exact: offset", "exact: scale", "stationary",
+                     "identity: toward exact"])]
     for r in rows:
         z = r["exact_z"]
         ok = "yes" if max(abs(v) for v in z.values()) < 3 else "no"
         lines.append(f"| {r['law']} | {r['variant']} | {z['toward_exact']:+.1f} | {z['offset']:+.1f} | "
                      f"{z['scale']:+.1f} | {ok} | {r['identity_z']['toward_exact']:+.1f} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {stem}.json and .md")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}.json and .md")
 
 
 if __name__ == "__main__":

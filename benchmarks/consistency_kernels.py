@@ -17,27 +17,26 @@ absolute pair (the bias as a share of the signal), and the no-grad network calls
 consistency sample (the cost beyond the two gradient calls).
 
     python benchmarks/consistency_kernels.py [--draws 40000]
-Writes benchmarks/results/consistency_kernels.{json,md}. The committed results also hold rows of
-the withdrawn ``anchored`` variant, measured with this script at commit 2519c05 before
+Writes benchmarks/results/consistency_kernels.{json,md}. The recorded results also hold rows of
+the withdrawn ``anchored`` variant, measured with an earlier version of this script, before
 ``LossConfig`` stopped offering it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common.results import RESULTS, write_json
+from common.tables import row, rule
 
 from ambient_med.diffusion.losses import LossConfig
 from ambient_med.diffusion.objective import consistency_loss
 from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, PixelMixture
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 VARIANTS = {
     "pair r(0.5,0.9) order1 (0.1.0 default)": dict(consistency_order=1, consistency_step_ratio=(0.5, 0.9)),
@@ -93,25 +92,23 @@ def main():
     out, t0 = {}, time.perf_counter()
     for name in a.variants:
         cfg = replace(base, **VARIANTS[name])
-        row = {"no_grad_calls": no_grad_calls(cfg)}
+        cells = {"no_grad_calls": no_grad_calls(cfg)}
         for dn in a.dists:
             dist, den, sns = dists[dn]
             for sn in sns:
-                row[f"{dn}@{sn}"] = measure(dist, den, sn, cfg, a.draws)
-        out[name] = row
-        print(name, {k: (round(v["z"], 2) if isinstance(v, dict) else v) for k, v in row.items()},
+                cells[f"{dn}@{sn}"] = measure(dist, den, sn, cfg, a.draws)
+        out[name] = cells
+        print(name, {k: (round(v["z"], 2) if isinstance(v, dict) else v) for k, v in cells.items()},
               f"{time.perf_counter() - t0:.0f}s", flush=True)
     cols = [k for k in next(iter(out.values())) if k != "no_grad_calls"]
     lines = ["# Consistency pair centring at the exact denoisers (benchmarks/consistency_kernels.py)\n",
              f"{a.draws} draws per cell, package `consistency_loss` at the default `LossConfig` "
              "except the named settings. Each cell: mean in standard errors (z; |z| < 3 is centred "
              "at this sample size) / bias as a share of the mean |pair|.\n",
-             "| variant | no-grad calls | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-    for name, row in out.items():
-        lines.append(f"| {name} | {row['no_grad_calls']} | " + " | ".join(
-            f"{row[c]['z']:+.1f} / {row[c]['rel_bias']:+.3f}" for c in cols) + " |")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "consistency_kernels.json").write_text(json.dumps({"draws": a.draws, "results": out}, indent=2) + "\n")
+             row(["variant", "no-grad calls", *cols]), rule(len(cols) + 2)]
+    for name, r in out.items():
+        lines.append(row([name, r["no_grad_calls"], *(f"{r[c]['z']:+.1f} / {r[c]['rel_bias']:+.3f}" for c in cols)]))
+    write_json(a.out / "consistency_kernels.json", {"draws": a.draws, "results": out}, indent=2)
     (a.out / "consistency_kernels.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -28,19 +28,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import os
 import statistics
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from common.paths import FMD
+from common.results import RESULTS, run_meta, stem, write_json
+from common.scoring import psnr
+from common.tables import table
 
 from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
 from ambient_med.training.config import load_protocol
 from ambient_med.training.ema import ema_update
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # protocol -> (channels, image size, CPU batch): the knee protocol's complex images are 2 channels
 PROTOCOLS = {"demo": (2, 32, 12), "microscopy-2d": (1, 64, 8), "fastmri-knee-multicoil": (2, 128, 4)}
 OPTIONS = ("baseline", "threads=2", "channels_last", "bf16", "compile", "no attention", "cpu")
@@ -106,9 +109,6 @@ def step_time(protocol: str, option: str, steps: int, warmup: int, threads: int)
             "step_s": med, "images_per_s": batch / med, "compile_s": compile_s, "steps_timed": steps}
 
 
-FMD = Path(__file__).resolve().parents[2] / "shared" / "data" / "microscopy" / "fmd_confocal_bpae_b"
-
-
 def quality(args, variants=("baseline", "channels_last", "cpu")) -> list[dict]:
     """PSNR after equal steps (module doc): ``microscopy-2d`` trained by ``run_training`` on
     captures 1-49 of FMD field ``args.field``, capture 0 denoised by ``denoise_file``, scored
@@ -151,10 +151,10 @@ def quality(args, variants=("baseline", "channels_last", "cpu")) -> list[dict]:
         sec = time.perf_counter() - t
         denoise_file(res.prior_path, work / "held.npy", work / f"den-{v}.npy", uncertainty="none")
         den = np.load(work / f"den-{v}.npy").astype(np.float64)
-        psnr = 10 * np.log10(255.0**2 / np.mean((den - ref) ** 2))
-        rows.append({"variant": v, "steps": args.quality_steps, "train_s": sec, "psnr": float(psnr),
-                     "noisy_psnr": float(10 * np.log10(255.0**2 / np.mean((np.load(work / "held.npy") - ref) ** 2)))})
-        print(f"quality {v:14s} PSNR {psnr:.2f} dB after {args.quality_steps} steps ({sec:.0f} s)", flush=True)
+        rows.append({"variant": v, "steps": args.quality_steps, "train_s": sec, "psnr": psnr(den, ref, 255.0),
+                     "noisy_psnr": psnr(np.load(work / "held.npy"), ref, 255.0)})
+        print(f"quality {v:14s} PSNR {rows[-1]['psnr']:.2f} dB after {args.quality_steps} steps ({sec:.0f} s)",
+              flush=True)
     return rows
 
 
@@ -188,12 +188,10 @@ def main(argv=None) -> dict:
                   f"{r['params'] / 1e6:.2f}M params" + (f"  compile {r['compile_s']:.0f} s" if r["compile_s"] else ""),
                   flush=True)
     qual = quality(args) if args.quality else []
-    meta = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": args.threads,
-            "cpu_count": __import__("os").cpu_count(), "steps": args.steps, "warmup": args.warmup}
-    stem = "cpu_speed" + ("_quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "quality": qual, "meta": meta}, indent=1))
-    (args.out / f"{stem}.md").write_text(markdown(rows, qual, meta))
+    meta = {**run_meta(args.threads), "cpu_count": os.cpu_count(), "steps": args.steps, "warmup": args.warmup}
+    name = stem("cpu_speed", args.quick)
+    write_json(args.out / f"{name}.json", {"rows": rows, "quality": qual, "meta": meta})
+    (args.out / f"{name}.md").write_text(markdown(rows, qual, meta))
     return {"rows": rows, "quality": qual, "meta": meta}
 
 
@@ -203,8 +201,7 @@ def markdown(rows, qual, meta) -> str:
            f"{meta['threads']} threads; median of {meta['steps']} timed steps after {meta['warmup']} "
            "warm-up steps (network forward, loss, backward, Adam, EMA). Not run on the knee network: "
            + ", ".join(SLOW["fastmri-knee-multicoil"]) + " (see the script).\n",
-           "| protocol | option | batch x size | parameters | images/s | vs baseline | compile (s) |",
-           "|---|---|---|---|---|---|---|"]
+           *table(["protocol", "option", "batch x size", "parameters", "images/s", "vs baseline", "compile (s)"])]
     for r in rows:
         c = f"{r['compile_s']:.0f}" if r["compile_s"] else ""
         out.append(f"| {r['protocol']} | {r['option']} | {r['batch']} x {r['size']}^2 | "
@@ -212,7 +209,7 @@ def markdown(rows, qual, meta) -> str:
     if qual:
         out += ["", f"## Quality after {qual[0]['steps']} steps (microscopy-2d on FMD field, batch 4 of 64^2)\n",
                 f"Noisy capture: {qual[0]['noisy_psnr']:.2f} dB.\n",
-                "| variant | PSNR of the posterior mean (dB) | training wall time (s) |", "|---|---|---|"]
+                *table(["variant", "PSNR of the posterior mean (dB)", "training wall time (s)"])]
         out += [f"| {q['variant']} | {q['psnr']:.2f} | {q['train_s']:.0f} |" for q in qual]
     return "\n".join(out) + "\n"
 

@@ -1,4 +1,4 @@
-"""How the demo protocol's loss settings were chosen (issue 8): background noise of the ambient prior's samples.
+"""How the demo protocol's loss settings were chosen: background noise of the ambient prior's samples.
 
 The demo must show, in a few CPU minutes, that an ``ambient+consistency`` prior trained on noisy
 phantoms samples *clean* images. At the old settings (EDM-like ``p_mean = -1``, 800 steps) its
@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from common.results import RESULTS
+from common.work import append_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
 R59 = {"consistency_step_ratio": [0.5, 0.9]}
 VARIANTS = {  # loss overrides on top of the protocol named by --base
     "base": {},
@@ -40,7 +41,7 @@ VARIANTS = {  # loss overrides on top of the protocol named by --base
     "pm2cs": {**R59, "p_mean": -2.0, "p_std": 1.0, "consistency_start": 0.25, "consistency_fraction": 0.5},
     "pm25": {**R59, "p_mean": -2.5, "p_std": 1.0},
     "pm3": {**R59, "p_mean": -3.0, "p_std": 1.0},
-    # cheaper steps for the 3-minute budget (issue 8): on top of pm25
+    # cheaper steps for the demo's 3-minute budget: on top of pm25
     "sub1": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_substeps": 1},
     "b12": {**R59, "p_mean": -2.5, "p_std": 1.0, "train": {"batch_size": 12}},
     "s320cs3": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_start": 0.3, "train": {"steps": 320}},
@@ -121,7 +122,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override the protocol's (400)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "demo_tuning.jsonl")
+    ap.add_argument("--out", type=Path, default=RESULTS / "demo_tuning.jsonl")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,9 +130,7 @@ def main() -> None:
         for name in a.variants:
             row = run_variant(name, VARIANTS[name], a.steps, work, work / "data")
             print(json.dumps(row))
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            with a.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_jsonl(a.out, row)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common.exact import OBJECTIVES, RATIOS, loss_defaults, network_config, time_steps
+from common.figures import pyplot, save, tile2x2
+from common.results import RESULTS, settings, write_json
+from common.tables import mean_halfrange
 
 from ambient_med.diffusion.losses import LossConfig
-from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig
-from ambient_med.diffusion.objective import objective_loss
+from ambient_med.diffusion.networks import EDMDenoiser
 from ambient_med.diffusion.sampling import sample
 from ambient_med.synthetic.mixtures import (
     GaussianField,
@@ -54,10 +57,6 @@ from ambient_med.synthetic.mixtures import (
 )
 from ambient_med.training.loop import TensorDataset, TrainConfig, train
 from ambient_med.utils import resolve_device
-
-RESULTS = Path(__file__).resolve().parent / "results"
-RATIOS = (0.125, 0.25, 0.5, 1.0, 2.0)
-OBJECTIVES = ("clean", "naive", "ambient", "ambient+consistency")
 
 
 def parse():
@@ -88,13 +87,6 @@ def parse():
         a.steps, a.n_train, a.n_samples, a.batch_size, a.sample_steps = 200, 2048, 500, 32, 16
         a.n_test, a.timing_rounds, a.timing_k = 1024, 2, 2
     return a
-
-
-def network_config(size: int) -> NetworkConfig:
-    # Stationary fields need no attention; a small UNet keeps the GPU step launch-bound-cheap.
-    return NetworkConfig(spatial_dims=2, channels=1, sigma_data=1.0, features=(32, 64, 64),
-                         attention_levels=(False, False, False), num_res_blocks=1,
-                         norm_num_groups=8, num_head_channels=16)
 
 
 def parse_variant(spec: str, base: LossConfig) -> tuple[str, LossConfig]:
@@ -148,32 +140,6 @@ def spectral_frechet(x: torch.Tensor, field: GaussianField) -> float:
     p_hat = (torch.fft.fftn(x - m, dim=dims, norm="ortho").abs() ** 2).sum(0) / (x.shape[0] - 1)
     p = field.power.double().expand_as(p_hat)
     return float(m.square().sum() + (p_hat.sqrt() - p.sqrt()).square().sum())
-
-
-def time_steps(models: dict, cfgs: dict, data: TensorDataset, batch: int, device, rounds=5, k=5):
-    """Median wall time of one optimisation step per objective, interleaved to share any
-    background load fairly."""
-    times = {name: [] for name in models}
-    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-5) for n, m in models.items()}
-    g = torch.Generator(device=device).manual_seed(0)
-    y = data.images[:batch].to(device)
-    clean = data.clean[:batch].to(device)
-    sn = data.sigma_n[:batch].to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for r in range(rounds + 1):
-        for name, m in models.items():
-            sync()
-            t = time.perf_counter()
-            for _ in range(k):
-                out = objective_loss(m, y, sn, cfgs[name], progress=1.0, clean=clean, generator=g)
-                opts[name].zero_grad()
-                out.loss.backward()
-                opts[name].step()
-            sync()
-            if r > 0:  # round 0 is warm-up
-                times[name].append((time.perf_counter() - t) / k)
-    med = {n: statistics.median(v) for n, v in times.items()}
-    return {n: med[n] / med["clean"] for n in med}, med
 
 
 def train_seed(sigma_n: float, seed: int, args, device, tmp: Path):
@@ -275,26 +241,18 @@ def replace_seed(args, seed):
     return a
 
 
-def _ms(v) -> str:
-    if len(v) == 1:
-        return f"{v[0]:.3f}"
-    return f"{statistics.mean(v):.3f} ± {(max(v) - min(v)) / 2:.3f}"
-
-
 def write_report(results, extra, floors, sn, args, device):
     """Write this sigma_n's files, then merge every ``exactness_sn*.json`` in the folder into
     ``exactness.json`` / ``exactness.md`` (sigma_n values may run as separate processes)."""
     args.out.mkdir(parents=True, exist_ok=True)
     main = {o: r for o, r in results.items() if o in OBJECTIVES}
-    (args.out / f"exactness_sn{sn}.json").write_text(json.dumps(main, indent=2) + "\n")
-    details = {"device": str(device), "torch": torch.__version__,
-               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "loss_config_defaults": {k: (list(v) if isinstance(v, tuple) else v)
-                                        for k, v in vars(LossConfig()).items()},
+    write_json(args.out / f"exactness_sn{sn}.json", main, indent=2)
+    details = {"device": str(device), "torch": torch.__version__, "args": settings(args),
+               "loss_config_defaults": loss_defaults(),
                "floors_exact_wiener_sampler": floors,
                "variants": {o: r for o, r in results.items() if o not in OBJECTIVES},
                **{o: {k: v for k, v in e.items() if k != "samples"} for o, e in extra.items()}}
-    (args.out / f"exactness_details_sn{sn}.json").write_text(json.dumps(details, indent=2) + "\n")
+    write_json(args.out / f"exactness_details_sn{sn}.json", details, indent=2)
     seeds = f"seed {args.seed}" if args.seeds == 1 else f"seeds {args.seed}..{args.seed + args.seeds - 1}, mean ± half-range"
     lines = [f"## sigma_n = {sn}  ({device}, {args.steps} steps, batch {args.batch_size}, "
              f"{args.size}x{args.size} fields, {args.n_samples} samples, {seeds}; exact-Wiener sampler "
@@ -312,25 +270,23 @@ def write_report(results, extra, floors, sn, args, device):
         pb = extra[o]["power_bands_full"]
         bands = " ".join(f"{statistics.mean(b[i] for b in pb):.2f}" for i in range(len(pb[0])))
         f, fs = floors["fd_floor"], floors["fd_spectral_floor"]
-        lines.append(f"| {o} | " + " | ".join(_ms(r['excess_error'][str(x)]) for x in RATIOS)
-                     + f" | {_ms(r['fd_full'])} [{f:.3f}] | {_ms(r['fd_truncated'])} [{f:.3f}]"
-                     f" | {_ms(r['fd_spectral_full'])} [{fs:.4f}] | {_ms(r['fd_spectral_truncated'])} [{fs:.4f}]"
+        lines.append(f"| {o} | " + " | ".join(mean_halfrange(r['excess_error'][str(x)]) for x in RATIOS)
+                     + f" | {mean_halfrange(r['fd_full'])} [{f:.3f}] | {mean_halfrange(r['fd_truncated'])} [{f:.3f}]"
+                     f" | {mean_halfrange(r['fd_spectral_full'])} [{fs:.4f}] | {mean_halfrange(r['fd_spectral_truncated'])} [{fs:.4f}]"
                      f" | {r['step_time_ratio']:.2f} | {bands} |")
     if device.type == "cpu":
-        lines.append("\nCPU run at a reduced budget (no GPU in that session); the full-budget run "
+        lines.append("\nCPU run at a reduced budget (no GPU was available); the full-budget run "
                      "(3 seeds, 4000 steps x batch 128) needs a GPU.\n")
     text = "\n".join(lines) + "\n"
     (args.out / f"exactness_sn{sn}.md").write_text(text)
     print(text, flush=True)
     merged = {f.stem.removeprefix("exactness_sn"): json.loads(f.read_text())
               for f in sorted(args.out.glob("exactness_sn*.json"))}
-    (args.out / "exactness.json").write_text(json.dumps(merged, indent=2) + "\n")
+    write_json(args.out / "exactness.json", merged, indent=2)
     (args.out / "exactness.md").write_text("# Exactness benchmark (benchmarks/exactness.py)\n\n" + "\n".join(
         f.read_text() for f in sorted(args.out.glob("exactness_sn*.md"))))
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         objs = list(extra)
         fig, axes = plt.subplots(1, len(objs) + 1, figsize=(2.6 * (len(objs) + 1), 2.9))
         for o in objs:
@@ -341,13 +297,10 @@ def write_report(results, extra, floors, sn, args, device):
         axes[0].set_xlabel("radial band (low->high)", fontsize=7)
         axes[0].legend(fontsize=5)
         for j, o in enumerate(objs):
-            pics = extra[o]["samples"][:4, 0]
-            grid = torch.cat([torch.cat(list(pics[:2]), 1), torch.cat(list(pics[2:4]), 1)], 0)
-            axes[j + 1].imshow(grid.numpy(), cmap="gray", vmin=-2.5, vmax=2.5)
+            axes[j + 1].imshow(tile2x2(extra[o]["samples"][:4, 0]).numpy(), cmap="gray", vmin=-2.5, vmax=2.5)
             axes[j + 1].set_title(o, fontsize=6)
             axes[j + 1].axis("off")
-        fig.tight_layout()
-        fig.savefig(args.out / f"exactness_samples_sn{sn}.png", dpi=110)
+        save(fig, args.out / f"exactness_samples_sn{sn}.png", 110)
     except Exception as e:  # noqa: BLE001 - the figure is optional, the numbers are not
         print(f"(figure skipped: {e})")
 

@@ -1,14 +1,15 @@
-"""Exactness beyond Gaussians (issue 7): the exactness benchmark on a Gaussian MIXTURE field.
+"""Exactness beyond Gaussians: the exactness benchmark on a Gaussian MIXTURE field.
 
 `GaussianMixtureField((16, 16))` is a mixture of 3 stationary Gaussian fields with distinct means,
 spectra and weights (0.5, 0.3, 0.2), per-pixel variance 1. Its MMSE denoiser is known in closed
 form, so every objective can be scored against the truth, and unlike the Gaussian case the
 conditional *variances* matter (mode weights, ancestral under-dispersion). Trains `clean`
 (oracle, the only one that sees clean data), `naive`, `ambient` and `ambient+consistency` with
-the same network (`exactness.network_config`), batch, steps and learning rate, at each sigma_n.
-`sigma_data` is estimated from the data as a user's run would: `sqrt(var(y) - sigma_n^2)` for
-`ambient`/`ambient+consistency`, `std(y)` for `naive` (which takes y for clean), `std(x0)` for
-`clean`. The loss settings are `LossConfig()`'s defaults (only objective and sigma_data are set).
+the same network as `exactness.py` (`common.exact.network_config`), batch, steps and learning
+rate, at each sigma_n. `sigma_data` is estimated from the data as a user's run would:
+`sqrt(var(y) - sigma_n^2)` for `ambient`/`ambient+consistency`, `std(y)` for `naive` (which takes
+y for clean), `std(x0)` for `clean`. The loss settings are `LossConfig()`'s defaults (only
+objective and sigma_data are set).
 
 Reports, per sigma_n and objective (per seed):
   1. excess error over the MMSE: E||D(x_s,s) - D*(x_s,s)||^2 / (d MMSE(s)) at
@@ -31,11 +32,9 @@ Writes benchmarks/results/exactness_mixture.json, exactness_mixture.md, exactnes
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -43,16 +42,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common.exact import OBJECTIVES, RATIOS, loss_defaults, network_config, time_steps
+from common.figures import pyplot, save, tile2x2
+from common.results import RESULTS, settings, write_json
+from common.tables import mean_halfrange as ms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exactness import OBJECTIVES, RATIOS, RESULTS, network_config, time_steps  # noqa: E402
-
-from ambient_med.diffusion.losses import LossConfig  # noqa: E402
-from ambient_med.diffusion.networks import EDMDenoiser  # noqa: E402
-from ambient_med.diffusion.sampling import sample  # noqa: E402
-from ambient_med.synthetic.mixtures import GaussianMixtureField, gaussian_frechet_distance, radial_power_bands  # noqa: E402
-from ambient_med.training.loop import TensorDataset, TrainConfig, train  # noqa: E402
-from ambient_med.utils import resolve_device  # noqa: E402
+from ambient_med.diffusion.losses import LossConfig
+from ambient_med.diffusion.networks import EDMDenoiser
+from ambient_med.diffusion.sampling import sample
+from ambient_med.synthetic.mixtures import GaussianMixtureField, gaussian_frechet_distance, radial_power_bands
+from ambient_med.training.loop import TensorDataset, TrainConfig, train
+from ambient_med.utils import resolve_device
 
 
 def parse():
@@ -276,26 +276,14 @@ def run_sigma(sigma_n: float, args, device, tmp: Path):
 # report
 # ---------------------------------------------------------------------------------------------
 
-def ms(v) -> str:
-    v = [x for x in v if x is not None and x == x]
-    if not v:
-        return "n/a"
-    if len(v) == 1:
-        return f"{v[0]:.3f}"
-    return f"{statistics.mean(v):.3f} ± {(max(v) - min(v)) / 2:.3f}"
-
-
 def write_report(all_res: dict, extras: dict, pics: dict, args, device, wall: float):
-    args.out.mkdir(parents=True, exist_ok=True)
     name = f"exactness_mixture{args.tag}"
     meta = {"device": str(device), "torch": torch.__version__, "wall_seconds": wall,
-            "loss_config_defaults": {k: (list(v) if isinstance(v, tuple) else v)
-                                     for k, v in vars(LossConfig()).items()},
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "loss_config_defaults": loss_defaults(), "args": settings(args),
             **{f"sigma_n={k}": v for k, v in extras.items()}}
     out = dict(all_res)
     out["_meta"] = meta
-    (args.out / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out / f"{name}.json", out, indent=2)
     lines = ["# Exactness on a Gaussian mixture field (benchmarks/exactness_mixture.py)\n",
              f"{device}, torch {torch.__version__}; {args.steps} steps x batch {args.batch_size}, "
              f"lr {args.lr}, {args.seeds} seed(s), {args.n_samples} samples "
@@ -336,9 +324,7 @@ def write_report(all_res: dict, extras: dict, pics: dict, args, device, wall: fl
     (args.out / f"{name}.md").write_text(text)
     print(text, flush=True)
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         sns = list(all_res)
         cols = len(OBJECTIVES) + 2
         fig, axes = plt.subplots(len(sns), cols, figsize=(2.4 * cols, 2.6 * len(sns)), squeeze=False)
@@ -354,13 +340,10 @@ def write_report(all_res: dict, extras: dict, pics: dict, args, device, wall: fl
             ax.tick_params(labelsize=6)
             ax.legend(fontsize=5)
             for j, o in enumerate(["truth", *OBJECTIVES]):
-                p = pics[sn][o][:4, 0]
-                grid = torch.cat([torch.cat(list(p[:2]), 1), torch.cat(list(p[2:4]), 1)], 0)
-                axes[i, j + 1].imshow(grid.numpy(), cmap="gray", vmin=-2.5, vmax=2.5)
+                axes[i, j + 1].imshow(tile2x2(pics[sn][o][:4, 0]).numpy(), cmap="gray", vmin=-2.5, vmax=2.5)
                 axes[i, j + 1].set_title(o if o == "truth" else f"{o} (full)", fontsize=6)
                 axes[i, j + 1].axis("off")
-        fig.tight_layout()
-        fig.savefig(args.out / f"{name}_samples.png", dpi=110)
+        save(fig, args.out / f"{name}_samples.png", 110)
     except Exception as e:  # noqa: BLE001 - the figure is optional, the numbers are not
         print(f"(figure skipped: {e})")
 

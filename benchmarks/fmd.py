@@ -1,4 +1,4 @@
-"""FMD confocal benchmark (issue 10): denoise real fluorescence captures with a prior learned from
+"""FMD confocal benchmark: denoise real fluorescence captures with a prior learned from
 noisy captures alone, against BM3D, Noise2Void and a supervised oracle, in one run and one table.
 
 Data: ``../shared/data/microscopy/fmd_confocal_bpae_b`` (FMD, Zhang et al. CVPR 2019,
@@ -62,37 +62,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from overrides import loss_overrides  # benchmarks/overrides.py
+from common.figures import pyplot, save
+from common.fmd_data import DATA_RANGE, crop_for_quick, expected_z, reference_fit, test_field, training_setup, unc_crops
+from common.fmd_methods import LABEL, LEARNED, SHORT, denoiser_fn, posterior_mean, train_methods
+from common.paths import FMD as DATA
+from common.results import RESULTS, settings, write_json
+from common.scoring import psnr, ssim_uniform
+from common.tables import analysis, table
+from common.work import quick_folder
 
-from ambient_med.diffusion.losses import LossConfig
-from ambient_med.diffusion.networks import EDMDenoiser, NetworkConfig, count_parameters
+from ambient_med.diffusion.networks import count_parameters
 from ambient_med.diffusion.sampling import POSTERIOR_STEPS, denoise_posterior
-from ambient_med.diffusion.tiling import tiled_apply
-from ambient_med.io.discover import open_source
-from ambient_med.noise import PoissonGaussian, from_dict
-from ambient_med.prior import AmbientPrior, PriorMetadata
-from ambient_med.training.config import load_protocol
-from ambient_med.training.datasets import build_training_set
-from ambient_med.training.ema import ema_update
-from ambient_med.training.loop import ResumableSampler, TrainConfig, _batches, _lr, train
-from ambient_med.training.transforms import RandPatchd, patch_seed
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "microscopy" / "fmd_confocal_bpae_b"
-PRIORS = ("naive", "ambient+consistency", "clean")
-LEARNED = ("n2v", "naive", "ambient+consistency", "clean", "supervised")
-LABEL = {"noisy": "noisy input", "bm3d": "BM3D (GAT, sigma 1, unbiased inverse)",
-         "n2v": "Noise2Void", "naive": "naive prior, posterior mean",
-         "ambient+consistency": "ambient+consistency, posterior mean",
-         "clean": "oracle: clean prior, posterior mean", "supervised": "oracle: supervised denoiser"}
-SHORT = {"noisy": "noisy", "bm3d": "BM3D", "n2v": "Noise2Void", "naive": "naive prior",
-         "ambient+consistency": "ambient+consistency", "clean": "oracle: clean prior",
-         "supervised": "oracle: supervised"}
-DATA_RANGE = 255.0   # 8-bit captures: PSNR and SSIM over the full range of the format
+from ambient_med.noise import PoissonGaussian
+from ambient_med.prior import AmbientPrior
 
 
-def parse():
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--train-fields", type=int, nargs="+", default=[1, 2, 3, 4])
@@ -129,225 +114,94 @@ def parse():
                         "by reference intensity, and the posterior-sample average on the first "
                         "uncertainty crop; writes fmd_diagnostics.json")
     p.add_argument("--out", type=Path, default=None)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.quick:
         a.steps, a.batch_size, a.patch, a.warmup = 6, 2, 32, 2
         a.test_captures, a.samples, a.posterior_steps = [0], 2, 4
         a.unc_crops, a.unc_size, a.n2v_box = 1, 32, 4
-        a.work_dir = a.work_dir.with_name(a.work_dir.name + "_quick")
+        a.work_dir = quick_folder(a.work_dir)
     if a.out is None:
         a.out = Path("/tmp/ambient_med_fmd_quick_results") if a.quick else RESULTS
     return a
 
 
-# ----------------------------------------------------------------------------------- data
-def read_folder(folder: Path) -> np.ndarray:
-    """All frames of a folder, ``(N, H, W)`` float64, through the package's frame reader."""
-    src = open_source(folder, 2)
-    return np.stack([src.read(i)[0] for i in range(len(src))]).astype(np.float64)
+def scores(ref: np.ndarray, xs) -> dict:
+    """PSNR and SSIM of each of ``xs`` against the 50-capture average, over the 8-bit range."""
+    return {"psnr": [psnr(x, ref, DATA_RANGE) for x in xs], "ssim": [ssim_uniform(x, ref, DATA_RANGE) for x in xs]}
 
 
-def expected_z(model: PoissonGaussian, x: np.ndarray) -> np.ndarray:
-    """``E[f(y) | x]`` per pixel: the ``z`` whose unbiased inverse is ``x`` (on unique values)."""
-    lam = np.maximum(x - model.mu, 0.0) / model.a
-    u, inv = np.unique(lam, return_inverse=True)
-    return model.expected_stabilised(u)[inv].reshape(x.shape)
+def ablations(args, nets, caps, models, stack, ref, scale, sn, log) -> dict:
+    """The noise parameters: BM3D with the 50-capture gain fit, the ambient posterior mean at
+    0.9 and 1.1 sigma, how far the single-image fit's ``z`` noise is from N(0, 1)."""
+    import bm3d
 
-
-def crop_for_quick(x, n=128):
-    return x[..., :n, :n]
-
-
-class PairedPatches(torch.utils.data.Dataset):
-    """Keyed draws (like ``ModelSpaceSet``): the raw capture's model-space patch as ``image``
-    and the co-located patch of its field's clean ``z`` as ``clean``."""
-
-    keyed_draws = True
-
-    def __init__(self, noisy, clean_by_item, sigma_n, patch):
-        self.noisy, self.clean, self.sigma_n = noisy, clean_by_item, float(sigma_n)
-        self.patcher = RandPatchd(["image", "clean"], patch_size=(patch, patch))
-
-    def __len__(self):
-        return len(self.noisy)
-
-    def __getitem__(self, key):
-        index, epoch, seed = key if isinstance(key, tuple) else (int(key), 0, 0)
-        item = int(index) % len(self.noisy.data)      # draws cycle over the items (ModelSpaceSet)
-        d = self.noisy.post(self.noisy.data[item])
-        d = self.patcher.draw({"image": d["image"], "clean": self.clean[item]},
-                              patch_seed(seed, epoch, index))
-        return {"image": d["image"], "clean": d["clean"], "sigma_n": self.sigma_n}
-
-
-# ----------------------------------------------------------------------------------- training
-class Plain(torch.nn.Module):
-    """The same U-Net as a plain map ``z -> z`` (model space), for Noise2Void: input and output
-    scaled by ``sigma_data``, a fixed timestep embedding, no skip path."""
-
-    def __init__(self, net: EDMDenoiser):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        sd = self.net.sigma_data
-        t = torch.full((x.shape[0],), 500.0, device=x.device)
-        return self.net.unet(x / sd, t) * sd
-
-
-def n2v_mask(x: torch.Tensor, box: int, g: torch.Generator):
-    """One pixel per ``box x box`` cell (stratified, as N2V) replaced by a random *other* pixel
-    of its 5x5 neighbourhood (clamped at the border). Returns ``(masked input, mask)``."""
-    n, c, h, w = x.shape
-    gy, gx = torch.meshgrid(torch.arange(0, h, box), torch.arange(0, w, box), indexing="ij")
-    k = gy.numel()
-    ys = (gy.reshape(1, -1) + torch.randint(0, box, (n, k), generator=g)).clamp_max(h - 1)
-    xs = (gx.reshape(1, -1) + torch.randint(0, box, (n, k), generator=g)).clamp_max(w - 1)
-    off = torch.tensor([(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)])
-    o = off[torch.randint(0, len(off), (n, k), generator=g)]
-    ry, rx = (ys + o[..., 0]).clamp(0, h - 1), (xs + o[..., 1]).clamp(0, w - 1)
-    b = torch.arange(n).reshape(-1, 1).expand(n, k)
-    xm = x.clone()
-    xm[b, :, ys, xs] = x[b, :, ry, rx]
-    mask = torch.zeros(n, 1, h, w, dtype=torch.bool)
-    mask[b, 0, ys, xs] = True
-    return xm, mask
-
-
-def train_custom(name, model, dataset, cfg: TrainConfig, loss_fn, log):
-    """The loop of :func:`ambient_med.training.loop.train` (AdamW, warm-up, clipping, EMA, keyed patch
-    draws) with a loss the objectives do not offer (Noise2Void, supervised)."""
-    import copy
-
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed * 7919)
-    it = iter(_batches(dataset, ResumableSampler(len(dataset), cfg.seed, keyed=True), cfg, torch.device("cpu")))
-    t0, acc, n = time.perf_counter(), 0.0, 0
-    for step in range(cfg.steps):
-        loss = custom_step(model, ema, opt, next(it), step, cfg, loss_fn, g)
-        acc, n = acc + loss, n + 1
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log(f"  {name} step {step + 1}/{cfg.steps} loss {acc / n:.5f} "
-                f"({time.perf_counter() - t0:.0f} s)")
-            acc, n = 0.0, 0
-    return ema
-
-
-def custom_step(model, ema, opt, batch, step: int, cfg: TrainConfig, loss_fn, g) -> float:
-    """One step of ``train_custom``'s loop: learning rate of ``step``, loss, clipped AdamW, EMA."""
-    for pg in opt.param_groups:
-        pg["lr"] = _lr(cfg, step)
-    loss = loss_fn(model, batch, g)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    ema_update(ema, model, min(cfg.ema_decay, (2 + step) / (11 + step)))
-    return float(loss.detach())
-
-
-def n2v_loss(box):
-    def fn(model, batch, g):
-        x = batch["image"]
-        xm, mask = n2v_mask(x, box, g)
-        return (model(xm) - x)[mask].square().mean()
-    return fn
-
-
-def supervised_loss(sigma_n):
-    def fn(model, batch, g):
-        y, c = batch["image"], batch["clean"]
-        return (model(y, torch.full((y.shape[0],), sigma_n)) - c).square().mean()
-    return fn
-
-
-# ----------------------------------------------------------------------------------- inference
-@torch.no_grad()
-def tiled(fn, zm: torch.Tensor, patch: int) -> torch.Tensor:
-    return tiled_apply(fn, zm, patch, patch // 4)
-
-
-def psnr(ref, x):
-    from skimage.metrics import peak_signal_noise_ratio
-
-    return float(peak_signal_noise_ratio(ref, x, data_range=DATA_RANGE))
-
-
-def ssim(ref, x):
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(ref, x, data_range=DATA_RANGE))
-
-
-def unc_crops(ref: np.ndarray, n: int, size: int) -> list[tuple[int, int]]:
-    """``n`` non-overlapping ``size``-crops with the most signal in the reference (cells, not
-    empty background), chosen on a grid of stride ``size // 2``."""
-    h, w = ref.shape
-    cands = sorted(((ref[i:i + size, j:j + size].mean(), i, j)
-                    for i in range(0, h - size + 1, size // 2) for j in range(0, w - size + 1, size // 2)),
-                   reverse=True)
-    out = []
-    for _, i, j in cands:
-        if all(abs(i - a) >= size or abs(j - b) >= size for a, b in out):
-            out.append((i, j))
-        if len(out) == n:
-            break
+    out = {}
+    refm = reference_fit(stack)
+    out["reference_fit"] = refm.params
+    xs = [refm.invert_mean(bm3d.bm3d(refm.stabilise(y), 1.0)) for y in caps]
+    s = scores(ref, xs)
+    out["bm3d_reference_fit_psnr"], out["bm3d_reference_fit_ssim"] = s["psnr"], s["ssim"]
+    if "ambient+consistency" in nets:
+        for c in (0.9, 1.1):
+            fn = denoiser_fn("ambient+consistency", nets["ambient+consistency"], c * sn)
+            out[f"ambient_mean_at_sigma_{c}_psnr"] = [
+                psnr(posterior_mean(fn, y, model, scale, args.patch), ref, DATA_RANGE) for y, model in zip(caps, models)]
+    # how far the single-image fit's z noise is from N(0, 1), by intensity, over the 50 captures
+    zs = models[0].stabilise(stack)
+    zv, mean = zs.var(0, ddof=1), stack.mean(0)
+    bins = [(0, 5), (5, 10), (10, 20), (20, 50), (50, 256)]
+    out["z_noise_variance_by_mean"] = {
+        f"{lo}-{hi}": {"share": float(((mean >= lo) & (mean < hi)).mean()),
+                       "var": float(zv[(mean >= lo) & (mean < hi)].mean()) if ((mean >= lo) & (mean < hi)).any() else None}
+        for lo, hi in bins}
+    zc = zs - zs.mean(0)
+    out["z_noise_neighbour_correlation"] = {
+        "x": float((zc[:, :, 1:] * zc[:, :, :-1]).mean() / zc.var()),
+        "y": float((zc[:, 1:] * zc[:, :-1]).mean() / zc.var())}
+    log(f"ablations: {json.dumps(out)}")
     return out
 
 
-def reference_fit(stack: np.ndarray) -> PoissonGaussian:
-    """Gain and offset from the per-pixel variance over the repeated captures against their
-    mean (the 15%-higher gain that spatially correlated noise hides from the single-image fit);
-    used only in an ablation, never by a method."""
-    m, v = stack.mean(0).ravel(), stack.var(0, ddof=1).ravel()
-    ok = (m > m.min() + 2) & (m < 250)
-    a, b_eff = np.polyfit(m[ok], v[ok], 1)
-    return PoissonGaussian(a, 0.0, -b_eff / a) if b_eff < 0 else PoissonGaussian(a, b_eff, 0.0)
-
-
-# ----------------------------------------------------------------------------------- main
-def training_setup(args, log) -> dict:
-    """The training set (the package's pipeline on the raw captures of the training fields), the
-    clean targets of the oracles, the network, train and loss settings shared by every method."""
-    times = {}
-    # ---- training set: the package's pipeline on the raw captures of the training fields
-    folders = [args.data / "raw" / str(f) for f in args.train_fields]
-    t = time.perf_counter()
-    ds, info = build_training_set(folders, sigma_n="auto", kind="intensity", spatial_dims=2,
-                                  patch_size=(args.patch, args.patch), noise_model="poisson-gaussian")
-    ds.data = [ds.data[i] for i in range(len(ds.data))]   # preprocess once, keep in memory
-    times["load_training_set_s"] = time.perf_counter() - t
-    scale, sn = info.scale, info.sigma_n_model
-    fit = {Path(k).name: v for k, v in info.noise_files.items()}
-    log(f"training set: {info.n_items} raw captures of fields {args.train_fields}; scale {scale:.4g}, "
-        f"sigma_n (model) {sn:.4g}, sigma_data {info.sigma_data:.4g}; per-field fits {fit}")
-    per_item_field = [f for f, folder in zip(args.train_fields, folders)
-                      for _ in range(len(open_source(folder, 2)))]
-    clean_z = {}
-    for f, folder in zip(args.train_fields, folders):
-        avg = read_folder(args.data / "gt" / str(f))[0]
-        m = from_dict(info.noise_files[str(folder)])
-        clean_z[f] = torch.from_numpy(expected_z(m, avg) / scale).float()[None]
-    paired = PairedPatches(ds, [clean_z[f] for f in per_item_field], sn, args.patch)
-
-    net_cfg = NetworkConfig(spatial_dims=2, channels=1, sigma_data=info.sigma_data,
-                            features=tuple(args.features), attention_levels=(False,) * len(args.features),
-                            num_res_blocks=1, norm_num_groups=8, num_head_channels=16)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup=args.warmup,
-                       ema_decay=0.999, seed=args.seed, log_every=max(args.steps // 8, 1),
-                       checkpoint_every=10**9, mixed_precision=False)
-    base_loss = LossConfig(**{**load_protocol("microscopy-2d").loss.__dict__, **loss_overrides(args.loss),
-                              "sigma_data": info.sigma_data})
-    meta = lambda obj: PriorMetadata(  # noqa: E731
-        network=net_cfg.to_dict(), data_kind="intensity", sigma_n_data=1.0, sigma_n_model=sn, scale=scale,
-        noise_model="poisson-gaussian", noise=info.noise,
-        training={"image_shape": [args.patch, args.patch], "steps": args.steps, "objective": obj,
-                  "protocol": "benchmarks/fmd.py", "files": len(folders), "items": info.n_items})
-
-    return {"ds": ds, "info": info, "paired": paired, "net_cfg": net_cfg, "tcfg": tcfg,
-            "base_loss": base_loss, "meta": meta, "scale": scale, "sn": sn, "folders": folders,
-            "times": times}
+def uncertainty(args, net, caps, models, ref, ref_var, scale, sn, log) -> tuple[dict, dict]:
+    """Posterior samples of the ambient prior on the crops with most signal: coverage of
+    ``mean +- 2 std`` and the correlation of std with the error (module doc)."""
+    g = torch.Generator().manual_seed(args.seed + 1)
+    where = unc_crops(ref, args.unc_crops, args.unc_size)
+    cov, cov_ref, corr, errs, stds, z_cov = [], [], [], [], [], []
+    figure_post = None
+    for k, (i, j) in enumerate(where):
+        ci = k % len(caps)
+        y, model = caps[ci], models[ci]
+        sl = (slice(i, i + args.unc_size), slice(j, j + args.unc_size))
+        zm = torch.from_numpy(model.stabilise(y[sl]) / scale).float()[None, None]
+        with torch.no_grad():
+            post = denoise_posterior(net, zm, sn, n_samples=args.samples, steps=args.posterior_steps,
+                                     generator=g)
+        samples = model.invert_sample(post["samples"][:, 0, 0].double().numpy() * scale)
+        mean = model.invert_mean(post["mean"][0, 0].double().numpy() * scale)
+        std = samples.std(0, ddof=1)
+        err = np.abs(mean - ref[sl])
+        cov.append(float((err <= 2 * std).mean()))
+        cov_ref.append(float((err <= 2 * np.sqrt(std**2 + ref_var[sl])).mean()))
+        corr.append(float(np.corrcoef(std.ravel(), err.ravel())[0, 1]))
+        zstd = post["samples"][:, 0, 0].std(0).numpy() * scale
+        z_cov.append(float((np.abs(post["mean"][0, 0].numpy() * scale - expected_z(model, ref[sl]))
+                            <= 2 * zstd).mean()))
+        errs.append(err.ravel())
+        stds.append(std.ravel())
+        if k == 0:
+            figure_post = {"sl": sl, "cap": ci, "samples": samples[:2], "std": std, "err": err, "mean": mean}
+    e, s = np.concatenate(errs), np.concatenate(stds)
+    unc = {"coverage_2std": float((e <= 2 * s).mean()), "coverage_2std_per_crop": cov,
+           "coverage_2std_with_reference_noise": float(np.mean(cov_ref)),
+           "coverage_2std_z_domain": float(np.mean(z_cov)),
+           "pearson_std_abs_error": float(np.corrcoef(s, e)[0, 1]), "pearson_per_crop": corr,
+           "mean_std": float(s.mean()), "rmse": float(np.sqrt((e**2).mean())),
+           "crops": [[int(i), int(j), args.unc_size, int(args.test_captures[k % len(caps)])]
+                     for k, (i, j) in enumerate(where)],
+           "samples": args.samples, "posterior_steps": args.posterior_steps}
+    log(f"uncertainty: {json.dumps(unc)}")
+    return unc, figure_post
 
 
 def main():
@@ -364,45 +218,14 @@ def main():
 
     setup = training_setup(args, log)
     times.update(setup.pop("times"))
-    ds, info, paired, net_cfg, tcfg, base_loss, meta, scale, sn, folders = (setup[k] for k in (
-        "ds", "info", "paired", "net_cfg", "tcfg", "base_loss", "meta", "scale", "sn", "folders"))
-
-    nets, train_s = {}, {}
-    for method in args.methods:
-        path = args.work_dir / f"{method.replace('+', '_')}.safetensors"
-        torch.manual_seed(args.seed)
-        fresh = EDMDenoiser(net_cfg)
-        if args.reuse and path.exists():
-            nets[method] = AmbientPrior.load(path).model
-            log(f"loaded {method} from {path}")
-            continue
-        t = time.perf_counter()
-        if method in PRIORS:
-            data = paired if method == "clean" else ds
-            cfg = LossConfig(**{**base_loss.__dict__, "objective": method,
-                                **({} if method.startswith("ambient") else {"sure_fraction": 0.0})})
-            r = train(fresh, data, cfg, tcfg, device=torch.device(args.device),
-                      callback=lambda s, row, m=method: log(
-                          f"  {m} step {s}/{args.steps} " + " ".join(
-                              f"{k} {row[k]:.4g}" for k in ("loss", "ambient", "sure", "consistency", "dsm", "steps_per_sec")
-                              if k in row)))
-            model = r.model
-        elif method == "n2v":
-            model = train_custom(method, Plain(fresh), ds, tcfg, n2v_loss(args.n2v_box), log).net
-        else:
-            model = train_custom(method, fresh, paired, tcfg, supervised_loss(sn), log)
-        train_s[method] = time.perf_counter() - t
-        AmbientPrior(model, meta(method)).save(path, overwrite=True)
-        nets[method] = model.eval()
-        log(f"trained {method}: {train_s[method]:.0f} s ({count_parameters(model)} parameters) -> {path}")
-    times["train_s"] = train_s
+    info, scale, sn = setup["info"], setup["scale"], setup["sn"]
+    nets, times["train_s"] = train_methods(args, setup, log)
 
     # ---- test captures of the held-out field
     import bm3d
 
     t_eval = time.perf_counter()
-    stack = read_folder(args.data / "raw" / str(args.test_field))
-    ref = read_folder(args.data / "gt" / str(args.test_field))[0]
+    stack, ref = test_field(args.data, args.test_field)
     ref_var = stack.var(0, ddof=1) / stack.shape[0] + 1.0 / 12     # the average's own noise
     caps = [stack[i] for i in args.test_captures]
     if args.quick:
@@ -411,108 +234,29 @@ def main():
     models = [PoissonGaussian.estimate(c) for c in caps]
     log(f"test field {args.test_field}: captures {args.test_captures}; fits {[repr(m) for m in models]}")
 
-    def fwd(method):
-        net = nets[method]
-        if method == "n2v":
-            plain = Plain(net).eval()
-            return lambda t: plain(t)
-        return lambda t: net(t, torch.full((t.shape[0],), sn))
-
     outputs = {m: [] for m in ["noisy", "bm3d", *args.methods]}
     bm3d_s = 0.0
     for y, model in zip(caps, models):
-        z = model.stabilise(y)
-        zm = torch.from_numpy(z / scale).float()[None, None]
         outputs["noisy"].append(y)
         t = time.perf_counter()
-        outputs["bm3d"].append(model.invert_mean(bm3d.bm3d(z, 1.0)))
+        outputs["bm3d"].append(model.invert_mean(bm3d.bm3d(model.stabilise(y), 1.0)))
         bm3d_s += time.perf_counter() - t
         for method in args.methods:
-            zh = tiled(fwd(method), zm, args.patch)[0, 0].double().numpy() * scale
-            outputs[method].append(model.invert_mean(zh))
+            outputs[method].append(posterior_mean(denoiser_fn(method, nets[method], sn), y, model, scale, args.patch))
     times["bm3d_s_per_capture"] = bm3d_s / len(caps)
-    scores = {m: {"psnr": [psnr(ref, x) for x in xs], "ssim": [ssim(ref, x) for x in xs]}
-              for m, xs in outputs.items()}
-    for m, s in scores.items():
+    score = {m: scores(ref, xs) for m, xs in outputs.items()}
+    for m, s in score.items():
         log(f"  {m:<22s} PSNR {np.mean(s['psnr']):.2f}  SSIM {np.mean(s['ssim']):.4f}")
-
-    # ---- ablations: the noise parameters
-    ablations = {}
-    if not args.no_ablations:
-        refm = reference_fit(stack)
-        ablations["reference_fit"] = refm.params
-        xs = [refm.invert_mean(bm3d.bm3d(refm.stabilise(y), 1.0)) for y in caps]
-        ablations["bm3d_reference_fit_psnr"] = [psnr(ref, x) for x in xs]
-        ablations["bm3d_reference_fit_ssim"] = [ssim(ref, x) for x in xs]
-        if "ambient+consistency" in nets:
-            net = nets["ambient+consistency"]
-            for c in (0.9, 1.1):
-                vals = []
-                for y, model in zip(caps, models):
-                    zm = torch.from_numpy(model.stabilise(y) / scale).float()[None, None]
-                    zh = tiled(lambda t: net(t, torch.full((t.shape[0],), c * sn)), zm, args.patch)
-                    vals.append(psnr(ref, model.invert_mean(zh[0, 0].double().numpy() * scale)))
-                ablations[f"ambient_mean_at_sigma_{c}_psnr"] = vals
-        # how far the single-image fit's z noise is from N(0, 1), by intensity, over the 50 captures
-        zs = models[0].stabilise(stack)
-        zv, mean = zs.var(0, ddof=1), stack.mean(0)
-        bins = [(0, 5), (5, 10), (10, 20), (20, 50), (50, 256)]
-        ablations["z_noise_variance_by_mean"] = {
-            f"{lo}-{hi}": {"share": float(((mean >= lo) & (mean < hi)).mean()),
-                           "var": float(zv[(mean >= lo) & (mean < hi)].mean()) if ((mean >= lo) & (mean < hi)).any() else None}
-            for lo, hi in bins}
-        zc = zs - zs.mean(0)
-        ablations["z_noise_neighbour_correlation"] = {
-            "x": float((zc[:, :, 1:] * zc[:, :, :-1]).mean() / zc.var()),
-            "y": float((zc[:, 1:] * zc[:, :-1]).mean() / zc.var())}
-        log(f"ablations: {json.dumps(ablations)}")
-
-    # ---- uncertainty of the ambient posterior on crops
-    unc = {}
-    figure_post = None
+    abl = {} if args.no_ablations else ablations(args, nets, caps, models, stack, ref, scale, sn, log)
+    unc, figure_post = {}, None
     if "ambient+consistency" in nets:
-        net = nets["ambient+consistency"]
-        g = torch.Generator().manual_seed(args.seed + 1)
-        where = unc_crops(ref, args.unc_crops, args.unc_size)
-        cov, cov_ref, corr, errs, stds, z_cov = [], [], [], [], [], []
         t = time.perf_counter()
-        for k, (i, j) in enumerate(where):
-            ci = k % len(caps)
-            y, model = caps[ci], models[ci]
-            sl = (slice(i, i + args.unc_size), slice(j, j + args.unc_size))
-            zm = torch.from_numpy(model.stabilise(y[sl]) / scale).float()[None, None]
-            with torch.no_grad():
-                post = denoise_posterior(net, zm, sn, n_samples=args.samples, steps=args.posterior_steps,
-                                         generator=g)
-            samples = model.invert_sample(post["samples"][:, 0, 0].double().numpy() * scale)
-            mean = model.invert_mean(post["mean"][0, 0].double().numpy() * scale)
-            std = samples.std(0, ddof=1)
-            err = np.abs(mean - ref[sl])
-            cov.append(float((err <= 2 * std).mean()))
-            cov_ref.append(float((err <= 2 * np.sqrt(std**2 + ref_var[sl])).mean()))
-            corr.append(float(np.corrcoef(std.ravel(), err.ravel())[0, 1]))
-            zstd = post["samples"][:, 0, 0].std(0).numpy() * scale
-            z_cov.append(float((np.abs(post["mean"][0, 0].numpy() * scale - expected_z(model, ref[sl]))
-                                <= 2 * zstd).mean()))
-            errs.append(err.ravel())
-            stds.append(std.ravel())
-            if k == 0:
-                figure_post = {"sl": sl, "cap": ci, "samples": samples[:2], "std": std, "err": err, "mean": mean}
-        e, s = np.concatenate(errs), np.concatenate(stds)
-        unc = {"coverage_2std": float((e <= 2 * s).mean()), "coverage_2std_per_crop": cov,
-               "coverage_2std_with_reference_noise": float(np.mean(cov_ref)),
-               "coverage_2std_z_domain": float(np.mean(z_cov)),
-               "pearson_std_abs_error": float(np.corrcoef(s, e)[0, 1]), "pearson_per_crop": corr,
-               "mean_std": float(s.mean()), "rmse": float(np.sqrt((e**2).mean())),
-               "crops": [[int(i), int(j), args.unc_size, int(args.test_captures[k % len(caps)])]
-                         for k, (i, j) in enumerate(where)],
-               "samples": args.samples, "posterior_steps": args.posterior_steps}
+        unc, figure_post = uncertainty(args, nets["ambient+consistency"], caps, models, ref, ref_var, scale, sn, log)
         times["uncertainty_s"] = time.perf_counter() - t
-        log(f"uncertainty: {json.dumps(unc)}")
     times["eval_s"] = time.perf_counter() - t_eval
     times["total_s"] = time.perf_counter() - t_start
 
-    write(args, scores, unc, ablations, info, models, times, outputs, ref, figure_post,
+    write(args, score, unc, abl, info, models, times, outputs, ref, figure_post,
           {m: count_parameters(n) for m, n in nets.items()})
 
 
@@ -521,21 +265,17 @@ def diagnose(args):
     nets = {m: AmbientPrior.load(args.work_dir / f"{m.replace('+', '_')}.safetensors") for m in args.methods}
     meta = nets[args.methods[0]].metadata
     scale, sn = meta.scale, meta.sigma_n_model
-    stack = read_folder(args.data / "raw" / str(args.test_field))
-    ref = read_folder(args.data / "gt" / str(args.test_field))[0]
+    stack, ref = test_field(args.data, args.test_field)
     y = stack[args.test_captures[0]]
     model = PoissonGaussian.estimate(y)
     zm = torch.from_numpy(model.stabilise(y) / scale).float()[None, None]
-
-    def mean(method, c=1.0, z=zm):
-        net = nets[method].model
-        fn = Plain(net).eval() if method == "n2v" else (lambda t: net(t, torch.full((t.shape[0],), c * sn)))
-        return model.invert_mean(tiled(fn, z, args.patch)[0, 0].double().numpy() * scale)
+    mean = lambda m, c=1.0: posterior_mean(denoiser_fn(m, nets[m].model, c * sn), y, model, scale, args.patch)  # noqa: E731
 
     out = {"capture": args.test_captures[0], "noise_fit": model.params}
     if "ambient+consistency" in nets:
         out["ambient_psnr_at_sigma_c_times_1"] = {
-            str(c): psnr(ref, mean("ambient+consistency", c)) for c in (0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5)}
+            str(c): psnr(mean("ambient+consistency", c), ref, DATA_RANGE)
+            for c in (0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5)}
         print(out["ambient_psnr_at_sigma_c_times_1"], flush=True)
     bins = [(0, 5), (5, 10), (10, 20), (20, 50), (50, 256)]
     out["error_by_reference_intensity"] = {}
@@ -555,19 +295,18 @@ def diagnose(args):
             post = denoise_posterior(nets["ambient+consistency"].model, zm[..., sl[0], sl[1]], sn,
                                      n_samples=args.samples, steps=args.posterior_steps, generator=g)
         samples = model.invert_sample(post["samples"][:, 0, 0].double().numpy() * scale)
+        p = lambda x: psnr(x, ref[sl], DATA_RANGE)  # noqa: E731
         out["crop"] = {"rows_cols": [int(i), int(j), args.unc_size],
-                       "psnr_posterior_mean_D": psnr(ref[sl], model.invert_mean(post["mean"][0, 0].double().numpy() * scale)),
-                       "psnr_average_of_samples": psnr(ref[sl], samples.mean(0)),
-                       **{f"psnr_{m}_tiled": psnr(ref[sl], mean(m)[sl]) for m in nets if m != "ambient+consistency"}}
+                       "psnr_posterior_mean_D": p(model.invert_mean(post["mean"][0, 0].double().numpy() * scale)),
+                       "psnr_average_of_samples": p(samples.mean(0)),
+                       **{f"psnr_{m}_tiled": p(mean(m)[sl]) for m in nets if m != "ambient+consistency"}}
         print(out["crop"], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fmd_diagnostics.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out / "fmd_diagnostics.json", out, indent=2)
 
 
 # ----------------------------------------------------------------------------------- report
 def write(args, scores, unc, ablations, info, models, times, outputs, ref, post, params):
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     cells = []
     for m, s in scores.items():
         for metric in ("psnr", "ssim"):
@@ -588,58 +327,46 @@ def write(args, scores, unc, ablations, info, models, times, outputs, ref, post,
             if (o, "psnr") in val:
                 targets[f"oracle_{o}_minus_ambient_db"] = val[(o, "psnr")] - a
     meta = {"data": str(args.data), "train_fields": args.train_fields, "test_field": args.test_field,
-            "test_captures": args.test_captures, "quick": args.quick,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "test_captures": args.test_captures, "quick": args.quick, "settings": settings(args),
             "noise_fits_training": {Path(k).name: v for k, v in info.noise_files.items()},
             "noise_fits_test_captures": [m.params for m in models],
             "scale": info.scale, "sigma_n_model": info.sigma_n_model, "sigma_data": info.sigma_data,
             "parameters": params, "times_s": times, "torch": torch.__version__,
             "machine": f"{platform.machine()} cpu, torch threads {torch.get_num_threads()}",
             "data_range": DATA_RANGE}
-    name = "fmd"
-    (out / f"{name}.json").write_text(json.dumps({"cells": cells, "targets": targets, "uncertainty": unc,
-                                                  "ablations": ablations, "meta": meta}, indent=2) + "\n")
-    lines = ["| method | PSNR (dB) | SSIM |", "|---|---|---|"]
-    for m, s in scores.items():
-        lines.append(f"| {LABEL[m]} | {np.mean(s['psnr']):.2f} | {np.mean(s['ssim']):.4f} |")
-    table = "\n".join(lines)
+    write_json(out / "fmd.json", {"cells": cells, "targets": targets, "uncertainty": unc,
+                                  "ablations": ablations, "meta": meta}, indent=2)
+    rows = table(["method", "PSNR (dB)", "SSIM"],
+                 [[LABEL[m], f"{np.mean(s['psnr']):.2f}", f"{np.mean(s['ssim']):.4f}"] for m, s in scores.items()])
     ulines = []
     if unc:
-        ulines = ["| ambient+consistency posterior | value |", "|---|---|",
-                  f"| coverage of mean +- 2 std (vs the average) | {100 * unc['coverage_2std']:.1f}% |",
-                  f"| same, the average's own noise added to the interval | {100 * unc['coverage_2std_with_reference_noise']:.1f}% |",
-                  f"| same in the stabilised domain z (vs E[f(y) given the average]) | {100 * unc['coverage_2std_z_domain']:.1f}% |",
-                  f"| Pearson correlation of std with absolute error | {unc['pearson_std_abs_error']:.3f} |",
-                  f"| mean std / RMSE on the crops (data units) | {unc['mean_std']:.2f} / {unc['rmse']:.2f} |"]
+        ulines = table(["ambient+consistency posterior", "value"], [
+            ["coverage of mean +- 2 std (vs the average)", f"{100 * unc['coverage_2std']:.1f}%"],
+            ["same, the average's own noise added to the interval", f"{100 * unc['coverage_2std_with_reference_noise']:.1f}%"],
+            ["same in the stabilised domain z (vs E[f(y) given the average])", f"{100 * unc['coverage_2std_z_domain']:.1f}%"],
+            ["Pearson correlation of std with absolute error", f"{unc['pearson_std_abs_error']:.3f}"],
+            ["mean std / RMSE on the crops (data units)", f"{unc['mean_std']:.2f} / {unc['rmse']:.2f}"]])
     text = (f"## FMD Confocal_BPAE_B, field {args.test_field}, captures {args.test_captures}"
             f"{' (QUICK smoke run: 128x128 crop, a few steps)' if args.quick else ''}\n\n"
             f"{args.steps} steps x batch {args.batch_size} of {args.patch}x{args.patch} patches per learned "
             f"method, U-Net features {args.features} (no attention, {max(params.values()) if params else 0} "
             f"parameters), CPU, {torch.get_num_threads()} thread(s); total wall time "
             f"{times['total_s'] / 60:.1f} min. Priors' loss: protocol microscopy-2d"
-            f"{', with ' + ', '.join(args.loss) if args.loss else ''}.\n\n{table}\n\n" + "\n".join(ulines) + "\n")
+            f"{', with ' + ', '.join(args.loss) if args.loss else ''}.\n\n" + "\n".join(rows) + "\n\n"
+            + "\n".join(ulines) + "\n")
     print(text, flush=True)
     print(json.dumps(targets, indent=2))
-    md = out / f"{name}.md"
-    if args.quick or not md.exists():
-        md.write_text("# FMD confocal benchmark (benchmarks/fmd.py)\n\n" + text)
-    else:  # keep the analysis written below the generated part
-        old = md.read_text()
-        cut = old.find("<!-- analysis -->")
-        md.write_text("# FMD confocal benchmark (benchmarks/fmd.py)\n\n" + text
-                      + ("\n" + old[cut:] if cut >= 0 else ""))
+    md = out / "fmd.md"
+    kept = "" if args.quick else analysis(md)     # keep the analysis written below the generated part
+    md.write_text("# FMD confocal benchmark (benchmarks/fmd.py)\n\n" + text + ("\n" + kept if kept else ""))
     try:
-        figure(out / f"{name}.png", outputs, ref, post, args)
+        figure(out / "fmd.png", outputs, ref, post, args)
     except Exception as e:  # noqa: BLE001 - the figure is optional, the numbers are not
         print(f"(figure skipped: {e})")
 
 
 def figure(path, outputs, ref, post, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if post is not None:
         sl, ci = post["sl"], post["cap"]
     else:
@@ -664,8 +391,7 @@ def figure(path, outputs, ref, post, args):
         ax.set_title(title, fontsize=7)
     fig.suptitle(f"FMD confocal field {args.test_field}, capture {args.test_captures[ci]}, crop "
                  f"rows {sl[0].start}-{sl[0].stop} cols {sl[1].start}-{sl[1].stop}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, 110)
 
 
 if __name__ == "__main__":

@@ -21,40 +21,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from common.curves import curve_args, curve_meta, mark_cells, plot_marks, train_to_budget, write_curves
+from common.figures import pyplot
+from common.fmd_data import DATA_RANGE, test_field, training_setup
+from common.fmd_methods import (
+    PRIORS,
+    SHORT,
+    Plain,
+    custom_batches,
+    custom_optimiser,
+    custom_step,
+    denoiser_fn,
+    n2v_loss,
+    posterior_mean,
+    prior_loss,
+    supervised_loss,
+)
+from common.scoring import psnr
+from common.tables import row, rule
+from common.work import Progress, save_torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fmd  # noqa: E402  (data, network, losses and scoring of the FMD benchmark)
-
-from ambient_med.diffusion.losses import LossConfig  # noqa: E402
-from ambient_med.diffusion.networks import EDMDenoiser  # noqa: E402
-from ambient_med.noise import PoissonGaussian  # noqa: E402
-from ambient_med.training.loop import ResumableSampler, _batches, train  # noqa: E402
+from ambient_med.diffusion.networks import EDMDenoiser
+from ambient_med.noise import PoissonGaussian
+from ambient_med.training.loop import train
 
 METHODS = ("ambient+consistency", "clean", "supervised", "n2v")
-MARKS = (5.0, 15.0, 30.0, 60.0)
-
-
-def curve_args(p: argparse.ArgumentParser, work: Path, argv=None) -> argparse.Namespace:
-    """The options every learning-curve script shares (marks, budget, slices, threads, --quick)."""
-    p.add_argument("--marks", type=float, nargs="+", default=list(MARKS), help="CPU-minutes")
-    p.add_argument("--budget", type=float, default=60.0, help="stop each run at this many CPU-minutes")
-    p.add_argument("--slice", type=int, default=25, help="steps between CPU-time checks and checkpoints")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", type=Path, default=work)
-    p.add_argument("--quick", action="store_true", help="0.2 and 0.5 CPU-minute marks, 5-step slices")
-    p.add_argument("--out", type=Path, default=fmd.RESULTS)
-    a = p.parse_args(argv)
-    if a.quick:
-        a.marks, a.budget, a.slice, a.work = [0.2, 0.5], 0.5, 5, a.work.with_name(a.work.name + "_quick")
-    return a
 
 
 def parse(argv=None):
@@ -65,40 +61,11 @@ def parse(argv=None):
 
 def fmd_args(a):
     """``fmd.py``'s settings (its defaults) with the curve's threads."""
-    sys_argv, sys.argv = sys.argv, [sys.argv[0]]
-    try:
-        args = fmd.parse()
-    finally:
-        sys.argv = sys_argv
+    import fmd
+
+    args = fmd.parse([])
     args.threads, args.quick = a.threads, False
     return args
-
-
-class Progress:
-    """The method's state file: steps done, CPU seconds spent, marks scored."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.d = json.loads(path.read_text()) if path.exists() else {"steps": 0, "cpu_s": 0.0, "marks": {}}
-
-    def save(self):
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.d, indent=1))
-        os.replace(tmp, self.path)
-
-
-def custom_state(path: Path, model, ema, opt, gen):
-    if path.exists():
-        s = torch.load(path, weights_only=True)
-        model.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
-        gen.set_state(s["gen"])
-
-
-def save_custom(path: Path, model, ema, opt, gen):
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "gen": gen.get_state()}, tmp)
-    os.replace(tmp, path)
 
 
 def run_method(method, setup, a, args, score, log) -> dict:
@@ -110,44 +77,36 @@ def run_method(method, setup, a, args, score, log) -> dict:
     fresh = EDMDenoiser(setup["net_cfg"])
     # an open-ended constant-rate run: a checkpoint does not depend on the budget
     tcfg = replace(setup["tcfg"], steps=10**7, checkpoint_every=a.slice, log_every=a.slice, keep_checkpoints=1)
-    if method in fmd.PRIORS:
+    if method in PRIORS:
         data = setup["paired"] if method == "clean" else setup["ds"]
-        lcfg = LossConfig(**{**setup["base_loss"].__dict__, "objective": method,
-                             **({} if method.startswith("ambient") else {"sure_fraction": 0.0})})
+        lcfg = prior_loss(setup["base_loss"], method)
         # consistency_start is a fraction of cfg.steps: keep fmd.py's warm-up in steps, not a
         # quarter of the open-ended run (which would never end)
         lcfg = replace(lcfg, consistency_start=lcfg.consistency_start * args.steps / tcfg.steps)
+
+        def train_slice(k):
+            return train(fresh, data, lcfg, tcfg, run_dir=folder, resume=k > 0, device="cpu",
+                         stop_after=k + a.slice).model
     else:
-        net = fmd.Plain(fresh) if method == "n2v" else fresh
-        ema = __import__("copy").deepcopy(net).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(net.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
-        gen = torch.Generator().manual_seed(tcfg.seed * 7919)
-        custom_state(folder / "state.pt", net, ema, opt, gen)
+        net = Plain(fresh) if method == "n2v" else fresh
+        ema, opt, gen = custom_optimiser(net, tcfg)
+        state = folder / "state.pt"
+        if state.exists():
+            s = torch.load(state, weights_only=True)
+            net.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
+            gen.set_state(s["gen"])
         data = setup["ds"] if method == "n2v" else setup["paired"]
-        loss_fn = fmd.n2v_loss(args.n2v_box) if method == "n2v" else fmd.supervised_loss(setup["sn"])
-        it = iter(_batches(data, ResumableSampler(len(data), tcfg.seed, start=prog.d["steps"] * tcfg.batch_size,
-                                                  keyed=True), tcfg, torch.device("cpu")))
-    while prog.d["cpu_s"] / 60 < a.budget:
-        c0, k = time.process_time(), prog.d["steps"]
-        if method in fmd.PRIORS:
-            r = train(fresh, data, lcfg, tcfg, run_dir=folder, resume=k > 0, device="cpu",
-                      stop_after=k + a.slice)
-            model = r.model
-        else:
+        loss_fn = n2v_loss(args.n2v_box) if method == "n2v" else supervised_loss(setup["sn"])
+        it = custom_batches(data, tcfg, start=prog.d["steps"] * tcfg.batch_size)
+
+        def train_slice(k):
             for step in range(k, k + a.slice):
-                fmd.custom_step(net, ema, opt, next(it), step, tcfg, loss_fn, gen)
-            save_custom(folder / "state.pt", net, ema, opt, gen)
-            model = ema
-        prog.d["steps"] = k + a.slice
-        prog.d["cpu_s"] += time.process_time() - c0
-        for mark in a.marks:
-            if prog.d["cpu_s"] / 60 >= mark and str(mark) not in prog.d["marks"]:
-                prog.d["marks"][str(mark)] = {"steps": prog.d["steps"], "cpu_min": prog.d["cpu_s"] / 60,
-                                              "psnr": score(method, model)}
-                log(f"  {method}: {mark:g} CPU-min mark at step {prog.d['steps']}: "
-                    f"PSNR {prog.d['marks'][str(mark)]['psnr']:.2f}")
-        prog.save()
-    return prog.d
+                custom_step(net, ema, opt, next(it), step, tcfg, loss_fn, gen)
+            save_torch(state, {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                               "gen": gen.get_state()})
+            return ema
+
+    return train_to_budget(method, prog, a, train_slice, lambda model: {"psnr": score(method, model)}, log)
 
 
 def main(argv=None):
@@ -156,30 +115,25 @@ def main(argv=None):
     log = lambda s: print(s, flush=True)  # noqa: E731
     args = fmd_args(a)
     a.work.mkdir(parents=True, exist_ok=True)
-    setup = fmd.training_setup(args, log)
+    setup = training_setup(args, log)
     # the test captures, their noise fits and BM3D, once (BM3D is cached in --work)
-    stack = fmd.read_folder(args.data / "raw" / str(args.test_field))
-    ref = fmd.read_folder(args.data / "gt" / str(args.test_field))[0]
+    stack, ref = test_field(args.data, args.test_field)
     caps = [stack[i] for i in args.test_captures]
     models = [PoissonGaussian.estimate(c) for c in caps]
     bm3d_file = a.work / "bm3d.json"
     if not bm3d_file.exists():
         import bm3d
 
-        vals = [fmd.psnr(ref, m.invert_mean(bm3d.bm3d(m.stabilise(c), 1.0))) for c, m in zip(caps, models)]
+        vals = [psnr(m.invert_mean(bm3d.bm3d(m.stabilise(c), 1.0)), ref, DATA_RANGE) for c, m in zip(caps, models)]
         bm3d_file.write_text(json.dumps({"psnr": float(np.mean(vals))}))
     bm3d_psnr = json.loads(bm3d_file.read_text())["psnr"]
     scale, sn, patch = setup["scale"], setup["sn"], args.patch
 
     @torch.no_grad()
     def score(method, model) -> float:
-        model = model.eval()
-        fn = (lambda t: model(t)) if method == "n2v" else (lambda t: model(t, torch.full((t.shape[0],), sn)))
-        vals = []
-        for c, m in zip(caps, models):
-            zm = torch.from_numpy(m.stabilise(c) / scale).float()[None, None]
-            vals.append(fmd.psnr(ref, m.invert_mean(fmd.tiled(fn, zm, patch)[0, 0].double().numpy() * scale)))
-        return float(np.mean(vals))
+        fn = model.eval() if method == "n2v" else denoiser_fn(method, model.eval(), sn)
+        return float(np.mean([psnr(posterior_mean(fn, c, m, scale, patch), ref, DATA_RANGE)
+                              for c, m in zip(caps, models)]))
 
     curves = {}
     for method in a.methods:
@@ -189,36 +143,18 @@ def main(argv=None):
 
 
 def write(a, curves, bm3d_psnr):
-    stem = "fmd_curve" + ("_quick" if a.quick else "")
-    meta = {"date": time.strftime("%Y-%m-%d"), "threads": a.threads, "budget_cpu_min": a.budget,
-            "marks": a.marks, "torch": torch.__version__, "bm3d_psnr": bm3d_psnr}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{stem}.json").write_text(json.dumps({"curves": curves, "meta": meta}, indent=1))
+    meta = curve_meta(a, bm3d_psnr=bm3d_psnr)
     lines = ["# FMD learning curves on the CPU (benchmarks/fmd_curve.py)\n",
              f"{meta['date']}; fmd.py's data, network and scoring; {a.threads} torch threads; CPU-minutes "
              f"are process CPU time (all threads). BM3D: {bm3d_psnr:.2f} dB. Marks not reached within "
              f"the budget run so far ({a.budget:g} CPU-min per method) are blank.\n",
-             "| method | " + " | ".join(f"{m:g} CPU-min" for m in a.marks) + " | steps so far |",
-             "|---|" + "---|" * (len(a.marks) + 1)]
-    for method, d in curves.items():
-        cells = [f"{d['marks'][str(m)]['psnr']:.2f}" if str(m) in d["marks"] else "" for m in a.marks]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {d['steps']} |")
-    (a.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, d in curves.items():
-        pts = sorted((v["cpu_min"], v["psnr"]) for v in d["marks"].values())
-        if pts:
-            ax.plot(*zip(*pts), "o-", label=fmd.SHORT.get(method, method))
+             row(["method", *(f"{m:g} CPU-min" for m in a.marks), "steps so far"]), rule(len(a.marks) + 2)]
+    lines += [row([method, *mark_cells(d, a.marks, "psnr"), d["steps"]]) for method, d in curves.items()]
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    plot_marks(ax, curves, "psnr", lambda m: SHORT.get(m, m))
     ax.axhline(bm3d_psnr, color="k", ls="--", label="BM3D")
     ax.set_xlabel("CPU-minutes of training"), ax.set_ylabel("PSNR (dB), FMD field 5"), ax.legend()
-    fig.tight_layout()
-    fig.savefig(a.out / f"{stem}.png", dpi=120)
-    print("\n".join(lines))
+    write_curves(a, "fmd_curve", curves, meta, lines, fig, dpi=120)
 
 
 if __name__ == "__main__":

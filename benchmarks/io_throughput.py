@@ -15,20 +15,18 @@ folder and reports, in benchmarks/results/io_throughput.json:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import h5py
+from common.results import RESULTS, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from ambient_med.io import FastMRIFile  # noqa: E402
-from ambient_med.synthetic.mri import write_knee_like  # noqa: E402
-from ambient_med.training.cache import warm_cache  # noqa: E402
-from ambient_med.training.datasets import build_training_set  # noqa: E402
+from ambient_med.io import FastMRIFile
+from ambient_med.synthetic.mri import write_knee_like
+from ambient_med.training.cache import warm_cache
+from ambient_med.training.datasets import build_training_set
 
 
 def rate(n, fn):
@@ -74,8 +72,7 @@ def main():
     for k, v in res.items():
         if "slices_per_second" in v:
             print(f"{k:34s} {v['slices_per_second']:9.2f} slices/s  ({v['seconds']:.2f} s for {v['slices']})")
-    out = ROOT / "benchmarks" / "results" / "io_throughput.json"
-    out.write_text(json.dumps(res, indent=2, default=float) + "\n")
+    out = write_json(RESULTS / "io_throughput.json", res, indent=2, default=float)
     print(f"wrote {out}")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from magnitude_mri import N_COILS, data_file, regions
+from common.magnitude_volume import N_COILS, data_file, regions
 
 from ambient_med.noise.magnitude import vst_tables
 from ambient_med.noise.piesno import (

@@ -1,4 +1,4 @@
-"""Magnitude MRI on real data: the non-central chi noise model, trained and used through the CLI path (issue 10).
+"""Magnitude MRI on real data: the non-central chi noise model, trained and used through the CLI path.
 
 The real 8-coil sum-of-squares volume ``test_piesno.nii.gz`` (96 x 96 x 14, dipy's PIESNO test
 data) has background noise that is chi with 16 degrees of freedom: its mean is not zero but
@@ -30,8 +30,6 @@ Prints a table and writes benchmarks/results/magnitude_mri.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,20 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from overrides import loss_overrides  # benchmarks/overrides.py
-from scipy import ndimage
+from common.figures import pyplot, save
+from common.magnitude_volume import DIPY_PIESNO, N_COILS, data_file, regions
+from common.overrides import loss_overrides
+from common.results import RESULTS, write_json
 
 from ambient_med.noise import from_dict
 from ambient_med.noise.piesno import chi_noise_mean, magnitude_volume_estimate
-
-ROOT = Path(__file__).resolve().parents[1]
-DIPY_PIESNO = 0.010749   # dipy 1.12.1 piesno(test_piesno, N=8)
-N_COILS = 8
-
-
-def data_file() -> Path:
-    base = Path(os.environ.get("AMBIENT_MED_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    return base / "mri" / "wheel_mri_magnitude" / "test_piesno.nii.gz"
 
 
 def protocol(folder: Path, name: str, noise_model: str, estimator: str, steps: int, batch: int,
@@ -76,22 +67,13 @@ def protocol(folder: Path, name: str, noise_model: str, estimator: str, steps: i
     return path
 
 
-def regions(vol: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    smooth = ndimage.uniform_filter(vol, size=(5, 5, 1))
-    floor = chi_noise_mean(sigma, N_COILS)
-    acquired = ndimage.binary_erosion(vol > 0, iterations=3)   # the volume has a zero-filled frame
-    bg = ndimage.binary_erosion(smooth < 1.5 * floor, iterations=2) & acquired
-    fg = smooth > 10 * floor
-    return bg, fg
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch-size", type=int, default=8)  # 14 slices in the volume
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ambient-med-magnitude"))
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--quick", action="store_true", help="20 steps: checks the path, not the figures")
     ap.add_argument("--reuse", action="store_true", help="reuse the priors already trained in --work")
     ap.add_argument("--name", default="magnitude_mri", help="output file stem in --out")
@@ -185,9 +167,8 @@ def main() -> None:
     print(md)
     if a.quick:
         return
-    a.out.mkdir(parents=True, exist_ok=True)
     result["loss_overrides"] = loss_overrides(a.loss)
-    (a.out / f"{a.name}.json").write_text(json.dumps(result, indent=2))
+    write_json(a.out / f"{a.name}.json", result, indent=2)
     _figure(vol, rows, bg, a.out / f"{a.name}.png")
     (a.out / f"{a.name}.md").write_text(
         f"# Magnitude MRI: test_piesno.nii.gz (8-coil sum of squares) through train and denoise\n\n"
@@ -200,10 +181,7 @@ def main() -> None:
 
 
 def _figure(vol, rows, bg, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     z = vol.shape[2] // 2
     panels = [("input (8-coil SoS)", vol[..., z])] + [(f"denoised, {m} model", r["denoised"][..., z])
                                                        for m, r in rows.items()]
@@ -217,9 +195,7 @@ def _figure(vol, rows, bg, path):
         axes[1, i].set_title("window 0-8% (background in cyan)")
         for ax in axes[:, i]:
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path, 80)
 
 
 if __name__ == "__main__":

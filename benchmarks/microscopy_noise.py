@@ -25,25 +25,21 @@ Writes benchmarks/results/microscopy_noise.{json,md,png}; a few seconds per fiel
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from common.figures import pyplot, save
+from common.fmd_data import read_folder
+from common.paths import FMD
+from common.results import RESULTS, write_json
+from common.tables import row, rule
 
-from ambient_med.io.discover import open_source
 from ambient_med.noise import PoissonGaussian
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "microscopy" / "fmd_confocal_bpae_b" / "raw"
+DATA = FMD / "raw"
 BANDS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)   # photons
 FRAMES = (0, 24, 49)
-
-
-def read_field(field: int) -> np.ndarray:
-    src = open_source(DATA / str(field), 2)
-    return np.stack([src.read(i)[0] for i in range(len(src))]).astype(np.float64)
 
 
 def reference_fit(stack: np.ndarray) -> PoissonGaussian:
@@ -86,24 +82,23 @@ def main(argv=None):
     t0 = time.time()
     fields = {}
     for f in a.fields:
-        stack = read_field(f)
+        stack = read_folder(DATA / str(f))
         ref = reference_fit(stack)
-        row = {"reference": fit_row(ref, ref), "correlation": lag1_correlation(stack),
-               "median_photons": float(np.median((stack - ref.mu) / ref.a))}
+        entry = {"reference": fit_row(ref, ref), "correlation": lag1_correlation(stack),
+                 "median_photons": float(np.median((stack - ref.mu) / ref.a))}
         for stride in (1, 2):
             fits = [PoissonGaussian.estimate(stack[i], stride=stride) for i in FRAMES]
-            row[f"one_frame_stride{stride}"] = [fit_row(m, ref) for m in fits]
-            row[f"bands_stride{stride}"] = band_variance(stack, fits[0], ref)
-        row["stack_stride2"] = fit_row(PoissonGaussian.estimate(stack), ref)
-        row["bands_reference"] = band_variance(stack, ref, ref)
-        fields[str(f)] = row
+            entry[f"one_frame_stride{stride}"] = [fit_row(m, ref) for m in fits]
+            entry[f"bands_stride{stride}"] = band_variance(stack, fits[0], ref)
+        entry["stack_stride2"] = fit_row(PoissonGaussian.estimate(stack), ref)
+        entry["bands_reference"] = band_variance(stack, ref, ref)
+        fields[str(f)] = entry
         print(f"field {f}: reference a={ref.a:.3f} mu={ref.mu:.2f}; one frame a = "
-              + ", ".join(f"{np.mean([r['a'] for r in row[f'one_frame_stride{s}']]):.3f} (stride {s})"
+              + ", ".join(f"{np.mean([r['a'] for r in entry[f'one_frame_stride{s}']]):.3f} (stride {s})"
                           for s in (1, 2)), flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "fields": a.fields, "frames": list(FRAMES),
             "bands_photons": list(BANDS), "seconds": round(time.time() - t0, 1)}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "microscopy_noise.json").write_text(json.dumps({"fields": fields, "meta": meta}, indent=1))
+    write_json(a.out / "microscopy_noise.json", {"fields": fields, "meta": meta})
     write_md(a.out / "microscopy_noise.md", fields, meta)
     figure(a.out / "microscopy_noise.png", fields)
 
@@ -127,7 +122,7 @@ def write_md(path: Path, fields: dict, meta: dict) -> None:
     names = [f"{lo:g}-{hi:g}" for lo, hi in zip(b[:-1], b[1:])]
     lines += ["", "Variance of the stabilised captures around their mean, per band of photons "
               "(the model assumes 1; blank: fewer than 200 pixels).", "",
-              "| field | fit | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+              row(["field", "fit", *names]), rule(2 + len(names))]
     for f, r in fields.items():
         for key, label in (("bands_stride1", "one frame, stride 1"), ("bands_stride2", "one frame, stride 2"),
                            ("bands_reference", "50-capture reference")):
@@ -136,11 +131,7 @@ def write_md(path: Path, fields: dict, meta: dict) -> None:
 
 
 def figure(path: Path, fields: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     b = np.array(BANDS)
     centres = np.sqrt(np.maximum(b[:-1], 0.25) * b[1:])
     fig, ax = plt.subplots(1, 1, figsize=(7, 4.2))
@@ -156,9 +147,7 @@ def figure(path: Path, fields: dict) -> None:
     ax.set_ylabel("variance of stabilised captures")
     ax.set_title("FMD confocal fields: is the stabilised noise unit-variance?")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, 120)
 
 
 if __name__ == "__main__":

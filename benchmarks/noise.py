@@ -1,6 +1,6 @@
-"""Noise-estimation figures: synthetic SNR sweep, demo phantoms and real-data checks (issues 3, 8).
+"""Noise-estimation figures: synthetic SNR sweep, demo phantoms and real-data checks.
 
-Coil-combined noise is measured over the whole field of view (issue 8), with the fraction of
+Coil-combined noise is measured over the whole field of view, with the fraction of
 noise-free pixels (must be 0).
 
 Run:  PYTHONPATH=. python benchmarks/noise.py
@@ -11,23 +11,21 @@ $AMBIENT_MED_SHARED_DATA); those sections are skipped when it is absent.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+from common.magnitude_volume import DIPY_PIESNO
+from common.paths import shared_data
+from common.results import RESULTS, write_json
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-from ambient_med import noise  # noqa: E402
-from ambient_med.io import open_source, read_cfl  # noqa: E402
-from ambient_med.mri import coil_combine, espirit_maps, ifftc, whiten, whitening_matrix  # noqa: E402
-from ambient_med.synthetic.mri import multicoil_kspace  # noqa: E402
-from ambient_med.tasks.noise import estimate_noise_file  # noqa: E402
-from ambient_med.training.datasets import build_training_set  # noqa: E402
-
-DIPY_PIESNO = 0.010749
+from ambient_med import noise
+from ambient_med.io import open_source, read_cfl
+from ambient_med.mri import coil_combine, espirit_maps, ifftc, whiten, whitening_matrix
+from ambient_med.synthetic.mri import multicoil_kspace
+from ambient_med.tasks.noise import estimate_noise_file
+from ambient_med.training.datasets import build_training_set
 
 
 def synthetic(n=256, coils=8, snrs=(5, 10, 15, 20, 25, 30, 35, 40), fraction=0.125):
@@ -178,8 +176,7 @@ def main():
     results = synthetic(n=256, fraction=0.125)  # the defaults used by the pipeline
     results.update(synthetic(n=320, fraction=0.2))  # the settings of tests/test_noise.py
     results.update(phantoms())
-    env = os.environ.get("AMBIENT_MED_SHARED_DATA")
-    data = Path(env) if env else ROOT.parent / "shared" / "data"
+    data = shared_data()
     if (data / "mri").is_dir():
         for f in (espirit_brain, bart_noise, piesno, bart_brain):
             results.update(f(data))
@@ -197,9 +194,7 @@ def main():
                 print(f"  {key}: [" + ", ".join(f"{v:.4g}" for v in val) + "]")
             else:
                 print(f"  {key}: {val:.6g}")
-    out = ROOT / "benchmarks" / "results" / "noise.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    out = write_json(RESULTS / "noise.json", results, indent=2, default=float)
     print(f"\nwrote {out}")
 
 

@@ -26,21 +26,20 @@ Writes benchmarks/results/recon_gaussian.{json,md} (``--quick``: ``recon_gaussia
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common.mni import combine, simulated
+from common.mri_baselines import l1_wavelet, sense_cg, tune
+from common.results import RESULTS, run_meta, settings, stem, write_json
+from common.scoring import psnr
+from common.tables import table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mri_recon as mr  # noqa: E402  (the benchmark whose geometry this reproduces)
+from ambient_med.recon import StationaryGaussian, sample_dc, sample_dps
+from ambient_med.recon.mri import measurement, sense_operator, to_complex_image
 
-from ambient_med.recon import StationaryGaussian, sample_dc, sample_dps  # noqa: E402
-from ambient_med.recon.mri import measurement, sense_operator, to_complex_image  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"default (128 steps from 80)": dict(steps=None, sigma_max=80.0),
             "mri_recon.py (24 steps from 10)": dict(steps=24, sigma_max=10.0)}
 SAMPLERS = {"dc": dict(method="dc"), "dps exact": dict(method="dps", mode="exact"),
@@ -85,30 +84,25 @@ def main(argv=None) -> dict:
         args.n_test, args.chains = 2, 2
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)        # the same draws, in the same order, as mri_recon.py
-    mag, area = mr.mni_slices(args.size)
-    train_idx, test_idx = mr.split(area, args.n_test, 3)
-    phases = np.stack([mr.smooth_phase(rng, args.size) for _ in range(mag.shape[0])])
-    x0 = (mag * np.exp(1j * phases)).astype(np.complex64)
-    maps = mr.coil_maps(args.coils, args.size)
-    sigma = mr.sigma_at_snr(x0[train_idx], args.snr_db)
-    k_all = mr.simulate(x0, maps, sigma, rng)
-    masks = {accel: mr.line_mask(args.size, accel, rng) for accel in (4, 8)}
+    d = simulated(args.size, args.coils, args.snr_db, args.n_test, 3, rng)
+    x0, maps, sigma, k_all, masks = d["x0"], d["maps"], d["sigma"], d["k"], d["masks"]
+    train_idx, test_idx = d["train"], d["test"]
     den = StationaryGaussian.fit(x0[train_idx])
     sigma_data = den.sigma_data
-    y_tr = mr.combine(k_all[train_idx], maps)
+    y_tr = combine(k_all[train_idx], maps)
     q = float(np.percentile(np.abs(y_tr), 99))
     tune_idx = np.linspace(0, len(train_idx) - 1, 4).round().astype(int)
     rows = []
     for accel, mask in masks.items():
-        tuning = mr.tune(k_all[train_idx][tune_idx], x0[train_idx][tune_idx], maps, mask, sigma, q)
+        tuning = tune(k_all[train_idx][tune_idx], x0[train_idx][tune_idx], maps, mask, sigma, q)
         per = {}
         for j, z in enumerate(test_idx):
             ku, ref = k_all[z] * mask, x0[z]
             exact = den.posterior_mean(ku, maps, mask, sigma).numpy()
             add = lambda key, v: per.setdefault(key, []).append(v)  # noqa: E731
-            add(("exact Gaussian posterior mean", "-"), (mr.psnr(exact, ref), 0.0, 0.0))
-            add(("SENSE-CG (tuned)", "-"), (mr.psnr(mr.sense_cg(ku, maps, mask, tuning["beta"] * sigma**2 / q**2), ref), 0.0, 0.0))
-            add(("L1-wavelet (tuned)", "-"), (mr.psnr(mr.l1_wavelet(ku, maps, mask, tuning["alpha"] * sigma), ref), 0.0, 0.0))
+            add(("exact Gaussian posterior mean", "-"), (psnr(exact, ref), 0.0, 0.0))
+            add(("SENSE-CG (tuned)", "-"), (psnr(sense_cg(ku, maps, mask, tuning["beta"] * sigma**2 / q**2), ref), 0.0, 0.0))
+            add(("L1-wavelet (tuned)", "-"), (psnr(l1_wavelet(ku, maps, mask, tuning["alpha"] * sigma), ref), 0.0, 0.0))
             mse_exact = float(np.mean(np.abs(exact - ref) ** 2))
             for sname, setting in SETTINGS.items():
                 for name in SAMPLERS:
@@ -118,7 +112,7 @@ def main(argv=None) -> dict:
                         floor = 10 * np.log10(np.abs(ref).max() ** 2 / (mse_exact + var / ref.size / args.chains))
                         ok = bool(np.isfinite(mean).all()) and np.abs(mean).max() < 1e3 * np.abs(ref).max()
                         add((name, f"{sname}, {cname}"),
-                            (mr.psnr(mean, ref) if ok else float("nan"), floor if not anti else 0.0, sec))
+                            (psnr(mean, ref) if ok else float("nan"), floor if not anti else 0.0, sec))
         for (method, setting), vals in per.items():
             v = np.array(vals)
             rows.append({"R": accel, "method": method, "setting": setting, "psnr": float(v[:, 0].mean()),
@@ -130,14 +124,11 @@ def main(argv=None) -> dict:
                 r["gap_to_exact"] = ex - r["psnr"]
         print(f"R{accel}: " + ", ".join(f"{r['method']} [{r['setting']}] {r['psnr']:.2f}"
                                         for r in rows if r["R"] == accel), flush=True)
-    meta = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "test_slices": test_idx, "sigma": sigma, "sigma_data": sigma_data,
-            "wall_seconds": time.perf_counter() - t0, "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
-    stem = "recon_gaussian" + ("_quick" if args.quick else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
-    (args.out / f"{stem}.md").write_text(markdown(rows, meta))
+    meta = {"settings": settings(args), "test_slices": test_idx, "sigma": sigma, "sigma_data": sigma_data,
+            "wall_seconds": time.perf_counter() - t0, **run_meta()}
+    name = stem("recon_gaussian", args.quick)
+    write_json(args.out / f"{name}.json", {"rows": rows, "meta": meta})
+    (args.out / f"{name}.md").write_text(markdown(rows, meta))
     print(markdown(rows, meta))
     return {"rows": rows, "meta": meta}
 
@@ -152,8 +143,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
            "slices. `gap` = exact posterior mean's PSNR minus this row's; `mc floor` = a perfect "
            "sampler's K-chain mean.\n"]
     for accel in sorted({r["R"] for r in rows}):
-        out += [f"\n## R = {accel}\n", "| method | sampler settings | PSNR | gap to exact | mc floor | s/slice |",
-                "|---|---|---|---|---|---|"]
+        out += [f"\n## R = {accel}\n", *table(["method", "sampler settings", "PSNR", "gap to exact", "mc floor", "s/slice"])]
         for r in (r for r in rows if r["R"] == accel):
             fl = "" if r["mc_floor"] is None else f"{r['mc_floor']:.2f}"
             if not np.isfinite(r["psnr"]):

@@ -16,16 +16,15 @@ Writes benchmarks/results/sampler_calibration.{json,md}.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
+from common.results import RESULTS, write_json
+from common.tables import table
 
 from ambient_med.diffusion.sampling import denoise_posterior, sample
 from ambient_med.synthetic.mixtures import GaussianField, GaussianMixtureField, radial_power_bands
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FIELD = GaussianField((8, 8), k0=0.12)
 MIX = GaussianMixtureField((8, 8))
 
@@ -77,21 +76,19 @@ def main():
             key = f"{case} {sampler}{'' if sampler == 'heun' else f' order{order}'} {steps}"
             res["full"][key] = full_row(case, sampler, steps, order)
             print("full", key, res["full"][key], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sampler_calibration.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(RESULTS / "sampler_calibration.json", res, indent=2)
     lines = ["# Sampler calibration with exact denoisers (benchmarks/sampler_calibration.py)\n",
              "Posterior sampling at sigma_y = 0.5 (120 observations x 64 draws, 8x8): sample variance over "
              "the closed-form posterior variance, and 2-std coverage (95.0% is exact for 64 draws of a "
              "Gaussian posterior). Package defaults: second order, 32 steps.\n",
-             "| case | order | steps | variance ratio | 2-std coverage | calls per sample |", "|---|---|---|---|---|---|"]
+             *table(["case", "order", "steps", "variance ratio", "2-std coverage", "calls per sample"])]
     for key, r in res["posterior"].items():
         case, order, steps = key.split()
         lines.append(f"| {case} | {order[-1]} | {steps} | {r['variance_ratio']:.3f} | "
                      f"{100 * r['coverage_2std']:.1f}% | {r['calls_per_sample']} |")
     lines += ["", "Full sampling from sigma_max = 80 (4,000 samples): worst radial band's power error and "
               "(mixture) mode-weight TV. Package defaults: Heun 40 steps, ancestral (order 2) 128 steps.\n",
-              "| case / sampler / steps | worst band error | band power / truth | mode TV | calls per sample |",
-              "|---|---|---|---|---|"]
+              *table(["case / sampler / steps", "worst band error", "band power / truth", "mode TV", "calls per sample"])]
     for key, r in res["full"].items():
         lines.append(f"| {key} | {100 * r['worst_band_error']:.1f}% | "
                      + " ".join(f"{b:.3f}" for b in r["band_power_ratio"])

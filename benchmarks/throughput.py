@@ -20,7 +20,6 @@ Writes ``benchmarks/results/throughput.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common.results import RESULTS, write_json
 
 from ambient_med.diffusion.losses import OBJECTIVES
 from ambient_med.synthetic.phantoms import make_phantom_dataset
@@ -36,8 +36,6 @@ from ambient_med.tasks.train import build_model, load_data
 from ambient_med.training.config import DEFAULT_PROTOCOL, load_protocol
 from ambient_med.training.loop import train
 from ambient_med.utils import resolve_device
-
-RESULTS = Path(__file__).parent / "results" / "throughput.json"
 
 
 class WithClean(torch.utils.data.Dataset):
@@ -65,7 +63,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's choice; on a shared CPU, 1 "
                          "avoids OpenMP threads spinning against other processes)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     args = ap.parse_args()
 
     if args.threads:
@@ -102,8 +100,7 @@ def main() -> None:
             results["images_per_sec"][objective] = args.batch_size / step_time
             results["data_loading_share"][objective] = sum(r["data_share"] for r in rows) / len(rows)
             print(f"  {objective}: {time.perf_counter() - t0:.0f} s", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results, indent=2)
     print(f"\n{results['protocol']} on {results['device']}, batch {args.batch_size} of "
           f"{info.channels}x{'x'.join(map(str, info.shape))}")
     print(f"{'objective':<22}{'images/s':>10}{'data share':>12}")
