@@ -64,7 +64,10 @@ VARIANTS = {  # loss overrides on top of the protocol named by --base
     "sure50b8": {**R59, "p_mean": -2.5, "p_std": 1.0, "consistency_max_ratio": 2.0, "sure_fraction": 0.5,
                  "train": {"batch_size": 8}},
 }
-OLD_DEMO_LOSS = {"p_mean": -1.0, "p_std": 1.2, "consistency_step_ratio": [0.8, 0.95]}
+# these variants tuned the pair-consistency term (the demo's below-sigma_n term until the
+# self-distillation default): they run with consistency_variant "pair" and without the base
+# protocol's distill-only keys, which a pair protocol refuses
+OLD_DEMO_LOSS = {"p_mean": -1.0, "p_std": 1.2, "consistency_variant": "pair", "consistency_step_ratio": [0.8, 0.95]}
 
 
 def run_variant(name: str, loss: dict, steps: int, work: Path, data: Path) -> dict:
@@ -81,6 +84,7 @@ def run_variant(name: str, loss: dict, steps: int, work: Path, data: Path) -> di
         d[section].update(loss.pop(section, {}))
     if "steps" in d["train"] and steps is None:
         steps = d["train"]["steps"]
+    d["loss"] = {k: v for k, v in d["loss"].items() if not k.startswith("distill_") and k != "teacher"}
     d["loss"].update({**OLD_DEMO_LOSS, **loss})
     d["data"]["cache_dir"] = str(work / "cache")
     proto = work / f"{name}.yaml"

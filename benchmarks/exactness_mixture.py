@@ -76,9 +76,10 @@ def parse():
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default="", help="suffix of the output file names")
     a = p.parse_args()
-    if a.quick:
+    if a.quick:  # exactness_mixture_quick.*: never over the real results
         a.steps, a.n_train, a.n_samples, a.batch_size, a.sample_steps = 40, 1024, 200, 16, 8
         a.n_test, a.seeds, a.timing_rounds, a.timing_k, a.n_mmse = 256, 1, 1, 1, 2000
+        a.tag += "_quick"
     return a
 
 
