@@ -77,7 +77,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def load_data(paths: list[str], protocol: Protocol, sigma_n: str | float,
               cache_dir: str | Path | None = None):
-    """Files -> (dataset, info) through issue 3's ``datasets.build_training_set``.
+    """Files -> (dataset, info) through ``training.datasets.build_training_set``.
 
     Preprocessing (whitening, ESPIRiT maps, coil combination) costs about a second per slice,
     far more than a training step, so it is cached on disk (``data.cache_dir``, else
