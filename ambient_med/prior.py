@@ -193,8 +193,11 @@ class AmbientPrior:
             if x is None:
                 raise ValueError("sigma='auto' needs the input image to fit the noise model on")
             arr = x.detach().cpu().numpy()
-            if isinstance(rec, PoissonGaussian):
-                return PoissonGaussian.estimate(arr)
+            if isinstance(rec, PoissonGaussian):   # refitted; equalised as the training data were
+                fit = PoissonGaussian.estimate(arr)
+                model = PoissonGaussian(fit.a, fit.b, fit.mu, equalise=rec.equalise)
+                model.details = fit.details
+                return model
             if isinstance(rec, Rician):
                 return Rician.estimate(arr)
             if rec.n_coils_nominal is not None:   # an effective fit: fit it again on this input
@@ -265,7 +268,7 @@ class AmbientPrior:
             return self.denoise_model(x, sigma)
         model = self.input_noise(x, sigma)
         if model is not None and model.name != "gaussian":
-            z = model.stabilise(x.float())
+            z = model.stabilise_observation(x.float())
             zm = self.to_model(z)
             z_hat = self.to_data(self.denoise_model(zm, self.sigma_to_model(1.0)), as_complex=False)
             return model.invert_mean(z_hat)
@@ -356,7 +359,7 @@ class AmbientPrior:
         if model is not None and model.name != "gaussian":
             # in z = f(y) the noise is N(0, 1): sample there, then map every sample back by the
             # algebraic inverse and the mean by the unbiased one
-            post = denoise_posterior(self.model, self.to_model(model.stabilise(y.float())),
+            post = denoise_posterior(self.model, self.to_model(model.stabilise_observation(y.float())),
                                      float(self.sigma_to_model(1.0)), n_samples=n_samples,
                                      **opts, **kwargs)
             samples = model.invert_sample(self.to_data(post["samples"], False, channel_dim=2))

@@ -75,6 +75,12 @@ class NoiseModel(ABC):
     def stabilise(self, y):
         """Data -> ``z`` with unit-variance (approximately Gaussian) noise."""
 
+    def stabilise_observation(self, y, seed: int = 0):
+        """What a prior trained with this model sees of an observation ``y``: :meth:`stabilise`,
+        plus, for models that equalise the noise per pixel, the same top-up noise the training
+        images got (drawn with ``seed``)."""
+        return self.stabilise(y)
+
     @abstractmethod
     def invert_mean(self, z_hat):
         """Exact unbiased inverse: the clean signal whose expected ``stabilise`` is ``z_hat``."""

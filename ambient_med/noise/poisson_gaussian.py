@@ -155,17 +155,19 @@ class PoissonGaussian(NoiseModel):
 
     name = "poisson-gaussian"
 
-    def __init__(self, a: float, b: float = 0.0, mu: float = 0.0):
+    def __init__(self, a: float, b: float = 0.0, mu: float = 0.0, equalise: bool = False):
         if not float(a) > 0:
             raise ValueError(f"gain a must be positive, got {a}")
         if not float(b) >= 0:
             raise ValueError(f"read-noise variance b must be >= 0, got {b}")
         self.a, self.b, self.mu = float(a), float(b), float(mu)
+        self.equalise = bool(equalise)
         self.details = {}
 
     @property
     def params(self):
-        return {"a": self.a, "b": self.b, "mu": self.mu}
+        p = {"a": self.a, "b": self.b, "mu": self.mu}
+        return {**p, "equalise": True} if self.equalise else p
 
     @property
     def s2(self) -> float:
@@ -227,17 +229,18 @@ class PoissonGaussian(NoiseModel):
         return (to_numpy(y) - self.mu) / self.a
 
     def stabilise(self, y):
-        """Generalised Anscombe transform ``2 sqrt(max(u + 3/8 + s^2, 0))``, ``u = (y - mu)/a``."""
-        return like(2.0 * np.sqrt(np.maximum(self._counts(y) + 0.375 + self.s2, 0.0)), y)
+        """Generalised Anscombe transform ``2 sqrt(max(u + 3/8 + s^2, 0))``, ``u = (y - mu)/a``
+        (divided by :attr:`level` when equalising)."""
+        return like(2.0 * np.sqrt(np.maximum(self._counts(y) + 0.375 + self.s2, 0.0)) / self.level, y)
 
     def invert_sample(self, z):
         """Algebraic inverse: ``a ((z/2)^2 - 3/8 - s^2) + mu``."""
-        u = (to_numpy(z) / 2.0) ** 2 - 0.375 - self.s2
+        u = (to_numpy(z) * self.level / 2.0) ** 2 - 0.375 - self.s2
         return like(self.a * u + self.mu, z)
 
     def invert_mean(self, z_hat):
         """Exact unbiased inverse ``a * I(z_hat) + mu`` (tabulated; closed form above the table)."""
-        D = to_numpy(z_hat)
+        D = to_numpy(z_hat) * self.level
         lam_grid, e_grid = self._table
         lam = np.interp(D, e_grid, lam_grid, left=0.0)
         high = D > e_grid[-1]
@@ -247,7 +250,54 @@ class PoissonGaussian(NoiseModel):
 
     def expected_stabilised(self, lam) -> np.ndarray:
         """``E[stabilise(y) | x = a lam]`` for counts ``lam`` (numerical, exact to ~1e-6)."""
-        return expected_gat(np.atleast_1d(np.asarray(lam, dtype=np.float64)), self.s2)
+        return expected_gat(np.atleast_1d(np.asarray(lam, dtype=np.float64)), self.s2) / self.level
+
+    # -- the per-pixel noise level (equalisation) -------------------------------------------
+    def stabilised_variance(self, lam) -> np.ndarray:
+        """``Var[stabilise(y) | x = a lam]`` for counts ``lam`` (tabulated :func:`gat_variance`,
+        1 above the table; divided by ``level^2`` when equalising)."""
+        lam_grid, v_grid = self._variance_table
+        lam = np.asarray(lam, dtype=np.float64)
+        return np.interp(lam, lam_grid, v_grid, right=1.0) / self.level**2
+
+    @cached_property
+    def _variance_table(self) -> tuple[np.ndarray, np.ndarray]:
+        lam = self._table[0]
+        return lam, gat_variance(lam, self.s2)
+
+    @cached_property
+    def level(self) -> float:
+        """1, or when equalising the largest stabilised noise std over all intensities (the GAT's
+        variance overshoots 1 by up to a few % near 2-8 counts); ``stabilise`` divides by it, so
+        the equalised noise has unit variance everywhere."""
+        if not self.equalise:
+            return 1.0
+        return float(np.sqrt(max(1.0, float(self._variance_table[1].max()))))
+
+    def noise_std_map(self, y, size: int = 5) -> np.ndarray:
+        """Per pixel, the std of the stabilised noise at the local intensity: the counts averaged
+        over ``size x size`` pixels of each frame (last two axes; unbiased where the intensity is
+        locally constant), clamped at 0, through :meth:`stabilised_variance`."""
+        from scipy.ndimage import uniform_filter
+
+        u = self._counts(y)
+        lam = uniform_filter(u, size=(1,) * (u.ndim - 2) + (size, size), mode="reflect")
+        return np.sqrt(self.stabilised_variance(np.maximum(lam, 0.0)))
+
+    def stabilise_observation(self, y, seed: int = 0):
+        z = self.stabilise(y)
+        return self.equalise_noise(z, y, np.random.default_rng(seed)) if self.equalise else z
+
+    def equalise_noise(self, z, y, rng: np.random.Generator):
+        """``z + sqrt(1 - v(p)) eta``, ``eta ~ N(0, I)``, ``v`` the per-pixel stabilised variance
+        (:meth:`noise_std_map` of the data ``y``): the stabilised noise then has unit variance in
+        every pixel, as the ambient objective assumes (docs/design.md section 6), instead of
+        0.1-0.5 below one photon per pixel. An exact draw wherever the map is right; it gives up
+        the information of the quieter dark pixels for a noise model that holds everywhere."""
+        if not self.equalise:
+            raise ValueError("equalise_noise needs a PoissonGaussian(..., equalise=True)")
+        extra = np.sqrt(np.maximum(1.0 - self.noise_std_map(y) ** 2, 0.0))
+        return like(to_numpy(z) + extra * rng.standard_normal(extra.shape), z)
 
     @cached_property
     def _table(self) -> tuple[np.ndarray, np.ndarray]:
@@ -264,8 +314,9 @@ def asymptotic_inverse(D: np.ndarray, s2: float, d_end: float, lam_end: float) -
     return D**2 / 4 - 0.125 - s2 + c / D**2
 
 
-def expected_gat(lam: np.ndarray, s2: float, n_eps: int = 2001) -> np.ndarray:
-    """``E[2 sqrt(max(K + e + 3/8 + s2, 0))]``, ``K ~ Poisson(lam)``, ``e ~ N(0, s2)``."""
+def expected_gat(lam: np.ndarray, s2: float, n_eps: int = 2001, power: int = 1) -> np.ndarray:
+    """``E[g^power]`` of the GAT ``g = 2 sqrt(max(K + e + 3/8 + s2, 0))``, ``K ~ Poisson(lam)``,
+    ``e ~ N(0, s2)`` (``power`` 1: the mean; 2: the second moment)."""
     from scipy.stats import poisson
 
     lam = np.asarray(lam, dtype=np.float64)
@@ -280,8 +331,16 @@ def expected_gat(lam: np.ndarray, s2: float, n_eps: int = 2001) -> np.ndarray:
         g = np.empty_like(k)
         for i in range(0, k.size, 256):  # chunks keep memory small
             kk = k[i:i + 256, None]
-            g[i:i + 256] = (2 * np.sqrt(np.maximum(kk + eps + 0.375 + s2, 0.0))) @ wts
+            g[i:i + 256] = ((2 * np.sqrt(np.maximum(kk + eps + 0.375 + s2, 0.0))) ** power) @ wts
     else:
-        g = 2 * np.sqrt(k + 0.375)
+        g = (2 * np.sqrt(k + 0.375)) ** power
     pmf = poisson.pmf(k[None, :], lam[:, None])
     return pmf @ g
+
+
+def gat_variance(lam: np.ndarray, s2: float) -> np.ndarray:
+    """``Var[g]`` of the GAT at ``lam`` counts (read-noise variance ``s2`` in counts): 0 at
+    ``lam = 0`` without read noise, about 0.33 at half a count, a bump to about 1.1 near 4
+    counts, then 1 + O(1 / lam^2) (Anscombe 1948; Makitalo & Foi 2013)."""
+    m = expected_gat(lam, s2)
+    return np.maximum(expected_gat(lam, s2, power=2) - m**2, 0.0)

@@ -125,14 +125,15 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
             z, s_data = x, float(model.sigma)
             inv_mean = inv_sample = _identity
         else:
-            z, s_data = model.stabilise(x), 1.0
+            z, s_data = model.stabilise_observation(x), 1.0
             inv_mean, inv_sample = model.invert_mean, model.invert_sample
     except NoiseEstimateError as e:
         raise NoiseEstimateError(f"{input}: {e}") from None
     except ValueError as e:
         raise ConfigError(f"--sigma: {e}") from None
     if log is not None:
-        params = ", ".join(f"{k} = {v:.4g}" for k, v in model.params.items())
+        params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                           for k, v in model.params.items())
         how = "fitted on the input" if sigma == "auto" else ("the prior's" if sigma == "prior" else "given")
         log(f"{input}: noise model {model.name} ({params}; {how})")
     zm, sm = prior.to_model(z), float(prior.sigma_to_model(s_data))

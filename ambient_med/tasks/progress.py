@@ -63,7 +63,8 @@ class TrainProgress:
         from rich.console import Console
 
         if getattr(info, "noise", None):      # stabilised: sigma_n is 1 by construction
-            noise = (f"noise {info.noise['name']} stabilised to std 1 (sigma_n = 1; "
+            how = "stabilised and equalised per pixel" if info.noise.get("equalise") else "stabilised"
+            noise = (f"noise {info.noise['name']} {how} to std 1 (sigma_n = 1; "
                      f"{info.sigma_n_model:.4g} in the network's units)")
         else:
             noise = (f"sigma_n = {info.sigma_n_data:.4g} per real channel in data units "

@@ -94,7 +94,7 @@ def load_data(paths: list[str], protocol: Protocol, sigma_n: str | float,
             patch_size=tuple(d.patch_size) if d.patch_size else None, cache_dir=cache,
             coil_maps=d.coil_maps, num_workers=min(d.num_workers, os.cpu_count() or 1),
             noise_model=d.noise_model, noise_estimator=d.noise_estimator, n_coils=d.n_coils,
-            reorient=d.reorient)
+            noise_map=d.noise_map, reorient=d.reorient)
     except ValueError as e:
         if isinstance(e, AmbientMedError):
             raise

@@ -41,7 +41,7 @@ class DataConfig:
     """How files become training images. Every key acts: ``reader`` refuses files of another
     format (``auto``: any; ``tiff``: TIFF/OME-TIFF stacks and folders of PNG/TIFF frames, see
     :mod:`ambient_med.io.microscopy`; see :mod:`ambient_med.training.autoprotocol`), ``kind``,
-    ``spatial_dims``, ``patch_size``, ``coil_maps``, ``reorient``, ``sigma_n``, ``noise_model``
+    ``spatial_dims``, ``patch_size``, ``coil_maps``, ``reorient``, ``sigma_n``, ``noise_model``, ``noise_map``
     (``poisson-gaussian``, ``rician``, ``noncentral-chi``: the data are variance-stabilised
     before training, see :mod:`ambient_med.training.datasets`), ``cache_dir`` and ``num_workers`` drive
     ``build_training_set``. A protocol that names a feature the package lacks is refused when
@@ -58,6 +58,9 @@ class DataConfig:
     noise_model: str = "auto"         # auto | gaussian | rician | noncentral-chi | poisson-gaussian
     noise_estimator: str = "auto"     # auto | kspace-corners | wavelet-mad | piesno | effective-chi
     n_coils: Union[int, None] = None  # N of a magnitude (noncentral chi) model; None: from the file
+    # Poisson-Gaussian: equalise the stabilised noise to unit variance in every pixel (a per-pixel
+    # sigma_n map from the local intensity, noise added where it is below 1; docs/design.md section 6)
+    noise_map: bool = False
     cache_dir: Union[str, None] = None
     num_workers: int = 0
 
@@ -81,6 +84,9 @@ class DataConfig:
                              f"(available: auto, {', '.join(ESTIMATORS)})")
         if self.n_coils is not None and self.n_coils < 1:
             raise ValueError(f"n_coils must be a positive integer, got {self.n_coils}")
+        if self.noise_map and self.noise_model not in ("auto", "poisson-gaussian"):
+            raise ValueError(f"noise_map equalises Poisson-Gaussian noise; noise_model {self.noise_model!r} "
+                             "has one noise level per image (set noise_map: false)")
         self.sigma_n = parse_sigma_n(self.sigma_n)
 
 

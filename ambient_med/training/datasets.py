@@ -24,6 +24,7 @@ result in the units of the data.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -219,7 +220,10 @@ class ReorientCanonicald(MapTransform):
 
 class StabiliseNoised(MapTransform):
     """``d[key] = model.stabilise(d[key])`` with the model ``noise.from_dict(d["noise"])`` the
-    item carries (None: unchanged). After it the item's noise is ~N(0, 1) per pixel."""
+    item carries (None: unchanged). After it the item's noise is ~N(0, 1) per pixel. An
+    equalising Poisson-Gaussian model then adds its per-pixel top-up noise
+    (``PoissonGaussian.equalise_noise``), one draw per item, seeded by the file and index, so the
+    cache and every process see the same image."""
 
     def __init__(self, keys: KeysCollection = "image"):
         super().__init__(keys)
@@ -231,7 +235,11 @@ class StabiliseNoised(MapTransform):
         model = noise.from_dict(d["noise"])
         for key in self.key_iterator(d):
             x = d[key]
-            z = model.stabilise(x.double() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64))
+            y = x.double() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
+            z = model.stabilise(y)
+            if getattr(model, "equalise", False):
+                seed = zlib.crc32(f"{d.get('source')}:{d.get('index')}".encode())
+                z = model.equalise_noise(z, y, np.random.default_rng(seed))
             d[key] = torch.as_tensor(np.asarray(z) if not torch.is_tensor(z) else z, dtype=torch.float32)
         return d
 
@@ -250,7 +258,7 @@ def is_microscopy(src) -> bool:
 
 
 def fit_noise_model(src, path: Path, model_name: str, n_coils: int | None, sigma_n,
-                    estimator: str = "auto"):
+                    estimator: str = "auto", noise_map: bool = False):
     """The :class:`~ambient_med.noise.NoiseModel` that stabilises ``src`` (None: Gaussian,
     no stabilisation). ``sigma_n="auto"`` fits it from the data; a number is the magnitude
     model's ``sigma`` in data units (Poisson-Gaussian needs ``auto``: its ``a`` and ``b`` are
@@ -266,9 +274,12 @@ def fit_noise_model(src, path: Path, model_name: str, n_coils: int | None, sigma
         frames = np.stack([f[tuple(slice((n - c) // 2, (n - c) // 2 + c) for n, c in zip(f.shape, common))]
                            for f in frames])
         try:
-            return noise.PoissonGaussian.estimate(frames)
+            fit = noise.PoissonGaussian.estimate(frames)
         except NoiseEstimateError as e:
             raise NoiseEstimateError(f"{path}: {e}") from None
+        model = noise.PoissonGaussian(fit.a, fit.b, fit.mu, equalise=noise_map)
+        model.details = fit.details
+        return model
     if model_name in ("rician", "noncentral-chi"):
         if sigma_n == "auto":
             est = _file_sigma(src, path, model_name, estimator, n_coils)
@@ -328,7 +339,7 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
                        spatial_dims: int = 2, patch_size: tuple[int, ...] | None = None,
                        cache_dir: Path | None = None, coil_maps: bool = True,
                        num_workers: int = 0, noise_model: str = "auto", noise_estimator: str = "auto",
-                       n_coils: int | None = None,
+                       n_coils: int | None = None, noise_map: bool = False,
                        reorient: bool = False) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
     """Files, folders or globs -> (dataset of model-space items, :class:`DatasetInfo`).
 
@@ -344,7 +355,8 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     ``num_workers`` processes. Items of different sizes are centre-cropped to the smallest
     common shape unless ``patch_size`` draws random patches. ``reorient`` brings 3D NIfTI
     volumes to the closest canonical (RAS+) voxel order (:class:`ReorientCanonicald`); other
-    inputs are refused with it.
+    inputs are refused with it. ``noise_map`` (Poisson-Gaussian only) equalises the stabilised
+    noise to unit variance per pixel (:class:`StabiliseNoised`).
     """
     if sigma_n != "auto" and not (isinstance(sigma_n, (int, float)) and sigma_n >= 0):
         raise ValueError(f"sigma_n must be 'auto' or a number >= 0, got {sigma_n!r}")
@@ -361,6 +373,9 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     # estimators of noise.resolve_noise_model know Gaussian and magnitude models only).
     micro = all(is_microscopy(s) for s in sources)
     pg = noise_model == "poisson-gaussian" or (noise_model == "auto" and micro and sigma_n == "auto")
+    if noise_map and not pg:
+        raise ConfigError(f"{files[0]}: noise_map equalises Poisson-Gaussian noise (microscopy intensities "
+                          "with sigma_n auto); these data get one noise level per image")
     if pg and kind != "intensity":
         raise ConfigError(f"{files[0]}: noise_model poisson-gaussian is for intensity data (microscopy); "
                           f"these are {kind}")
@@ -381,11 +396,12 @@ def build_training_set(paths: list[str | Path], *, sigma_n: str | float = "auto"
     settings = {"kind": kind, "spatial_dims": spatial_dims, "coil_maps": coil_maps, "version": 1,
                 "reorient": reorient,
                 "virtual_coils": VIRTUAL_COILS if coil_maps else None,
-                "sigma_n": sigma_n}
+                "sigma_n": sigma_n, **({"noise_map": True} if noise_map else {})}
     stabilise = train_model in STABILISED_MODELS and not (kind == "magnitude" and src_kind in ("kspace", "complex"))
     items, file_method, file_noise = [], {}, {}
     for f, src in zip(files, sources):
-        model = fit_noise_model(src, f, train_model, n_coils, sigma_n, noise_estimator) if stabilise else None
+        model = fit_noise_model(src, f, train_model, n_coils, sigma_n, noise_estimator,
+                                noise_map) if stabilise else None
         if model is not None:
             file_noise[str(f)] = model
             s_n = 1.0  # the stabilised noise: unit variance
