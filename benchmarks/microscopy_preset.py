@@ -31,7 +31,8 @@ from ambient_med.tasks.train import run_training
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "microscopy" / "fmd_confocal_bpae_b"
-PROTOCOLS = ("microscopy-2d", "microscopy-2d-cpu")
+PROTOCOLS = ("microscopy-2d", "microscopy-2d-cpu", "microscopy-2d-cpu+noise_map")
+TOPUP_DRAWS = 4
 CAPTURES = (0, 24, 49)
 
 
@@ -39,13 +40,53 @@ def psnr(ref: np.ndarray, x: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / np.mean((ref.astype(np.float64) - x) ** 2)))
 
 
-def step_cost(protocol: str, folders: list[str], work: Path) -> float:
+def protocol_file(name: str, work: Path) -> str | Path:
+    """A protocol by name; ``<name>+noise_map``: that protocol with ``data.noise_map: true``
+    (the Poisson-Gaussian noise equalised per pixel), written to ``work``."""
+    if "+" not in name:
+        return name
+    import yaml
+
+    from ambient_med.training.config import resolve_protocol_path
+
+    base, key = name.split("+")
+    d = yaml.safe_load(resolve_protocol_path(base).read_text())
+    d["name"] = f"{base}-{key.replace('_', '-')}"
+    d.setdefault("data", {})[key] = True
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{d['name']}.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def denoise_variants(prior_path: Path, y: np.ndarray) -> dict:
+    """For a prior trained with the noise map: the posterior mean (one whole-image pass) of the
+    capture ``y`` stabilised without the top-up noise (the denoiser then sees less noise than
+    it assumes in dark pixels), and the average over ``TOPUP_DRAWS`` top-up draws."""
+    from ambient_med.prior import AmbientPrior
+
+    prior = AmbientPrior.load(prior_path)
+    x = torch.from_numpy(y.astype(np.float32))[None, None]
+    model = prior.input_noise(x, "auto")
+    sm = prior.sigma_to_model(1.0)
+
+    def mean_of(z):
+        with torch.no_grad():
+            z_hat = prior.to_data(prior.denoise_model(prior.to_model(z), sm), as_complex=False)
+        return z_hat
+
+    plain = model.invert_mean(mean_of(model.stabilise(x)))
+    avg = sum(mean_of(model.stabilise_observation(x, seed=k)) for k in range(TOPUP_DRAWS)) / TOPUP_DRAWS
+    return {"no_topup": plain[0, 0].numpy(), f"topup_mean{TOPUP_DRAWS}": model.invert_mean(avg)[0, 0].numpy()}
+
+
+def step_cost(protocol: str | Path, folders: list[str], work: Path) -> float:
     """CPU seconds per step: two probe runs of 10 and 30 steps (the second reuses the first's
     item cache), the difference over 20 steps."""
     cpu = []
     for n in (10, 10, 30):  # the first builds the cache
         c0 = time.process_time()
-        run_training(folders, work / f"probe_{protocol}", protocol=protocol, sigma_n="auto", steps=n,
+        run_training(folders, work / f"probe_{Path(protocol).stem}", protocol=protocol, sigma_n="auto", steps=n,
                      device="cpu", overwrite=True, previews=0, handle_signals=False)
         cpu.append(time.process_time() - c0)
     return (cpu[2] - cpu[1]) / 20
@@ -57,8 +98,9 @@ def read_png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), np.float64)
 
 
-def score(prior: Path, work: Path, quick: bool) -> dict:
+def score(prior: Path, work: Path, quick: bool, noise_map: bool = False) -> dict:
     ref = read_png(DATA / "gt" / "5" / "avg50.png")
+    extra: dict[str, list[float]] = {}
     src = DATA / "raw" / "5"
     frames = sorted(p for p in src.iterdir() if p.suffix == ".png")
     out, times = [], []
@@ -70,9 +112,13 @@ def score(prior: Path, work: Path, quick: bool) -> dict:
             times.append(time.time() - t0)
         mean = read_png(written[0])
         out.append(psnr(ref, mean))
+        if noise_map:
+            for key, v in denoise_variants(prior, read_png(frames[i])).items():
+                extra.setdefault(key, []).append(psnr(ref, np.clip(np.round(v), 0, 255)))
     noisy = [psnr(ref, read_png(frames[i])) for i in CAPTURES[:len(out)]]
     return {"psnr": float(np.mean(out)), "psnr_per_capture": out, "noisy_psnr": float(np.mean(noisy)),
-            "denoise_seconds_512": float(np.mean(times))}
+            "denoise_seconds_512": float(np.mean(times)),
+            **{f"psnr_{k}": float(np.mean(v)) for k, v in extra.items()}}
 
 
 def main(argv=None):
@@ -90,33 +136,49 @@ def main(argv=None):
     folders = [str(DATA / "raw" / str(f)) for f in (1, 2, 3, 4)]
     rows = {}
     for proto in a.protocols:
-        cost = step_cost(proto, folders, a.work)
+        pfile = protocol_file(proto, a.work)
+        cost = step_cost(pfile, folders, a.work)
         steps = max(int(a.budget * 60 / cost), 20)
         c0, t0 = time.process_time(), time.time()
-        res = run_training(folders, a.work / proto, protocol=proto, sigma_n="auto", steps=steps, device="cpu",
+        res = run_training(folders, a.work / proto, protocol=pfile, sigma_n="auto", steps=steps, device="cpu",
                            overwrite=True, previews=0, handle_signals=False)
         cpu_min, wall_min = (time.process_time() - c0) / 60, (time.time() - t0) / 60
         rows[proto] = {"steps": steps, "seconds_per_step": cost, "train_cpu_min": cpu_min,
                        "train_wall_min": wall_min, "parameters": res.parameters,
-                       **score(res.prior_path, a.work / proto, a.quick)}
+                       "date": time.strftime("%Y-%m-%d"),
+                       **score(res.prior_path, a.work / proto, a.quick, noise_map="noise_map" in proto)}
         print(f"{proto}: {steps} steps in {cpu_min:.1f} CPU-min, PSNR {rows[proto]['psnr']:.2f} dB, "
               f"denoise 512x512 with std map {rows[proto]['denoise_seconds_512']:.0f} s", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "budget_cpu_min": a.budget, "threads": a.threads,
             "captures": list(CAPTURES[:1] if a.quick else CAPTURES), "torch": torch.__version__}
     stem = "microscopy_preset_quick" if a.quick else "microscopy_preset"
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
-    lines = [f"# Microscopy protocols at equal CPU time (FMD field 5, {meta['date']})", "",
+    old = a.out / f"{stem}.json"
+    if old.exists():   # rows of protocols not run this time stay (same budget only)
+        prev = json.loads(old.read_text())
+        if prev["meta"]["budget_cpu_min"] == a.budget:
+            rows = {**{k: {"date": prev["meta"]["date"], **v} for k, v in prev["rows"].items()}, **rows}
+    old.write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
+    write_md(a.out / f"{stem}.md", rows, meta, a)
+
+
+def write_md(path: Path, rows: dict, meta: dict, a) -> None:
+    lines = ["# Microscopy protocols at equal CPU time (FMD field 5)", "",
              f"{a.budget:g} CPU-minutes of training each, {a.threads} torch thread(s); `run_training` on "
              "the raw captures of fields 1-4, `denoise_file` (Tweedie std map) on captures "
-             f"{', '.join(map(str, meta['captures']))} of field 5 against its 50-capture average.", "",
-             "| protocol | parameters | s / step | steps | train CPU-min | PSNR (dB) | noisy (dB) | "
-             "denoise 512x512 + std map (s) |", "|---|---|---|---|---|---|---|---|"]
+             f"{', '.join(map(str, meta['captures']))} of field 5 against its 50-capture average. "
+             "`+noise_map`: the protocol with `data.noise_map: true` (Poisson-Gaussian noise equalised per "
+             "pixel); its last two columns denoise the same captures without the top-up noise, and "
+             f"averaged over {TOPUP_DRAWS} top-up draws (one whole-image pass each).", "",
+             "| protocol | measured | parameters | s / step | steps | train CPU-min | PSNR (dB) | noisy (dB) | "
+             f"denoise 512x512 + std map (s) | no top-up (dB) | mean of {TOPUP_DRAWS} top-ups (dB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for proto, r in rows.items():
-        lines.append(f"| {proto} | {r['parameters']:,} | {r['seconds_per_step']:.2f} | {r['steps']} | "
-                     f"{r['train_cpu_min']:.1f} | {r['psnr']:.2f} | {r['noisy_psnr']:.2f} | "
-                     f"{r['denoise_seconds_512']:.0f} |")
-    (a.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+        more = [f"{r[k]:.2f}" if k in r else "" for k in ("psnr_no_topup", f"psnr_topup_mean{TOPUP_DRAWS}")]
+        lines.append(f"| {proto} | {r.get('date', meta['date'])} | {r['parameters']:,} | {r['seconds_per_step']:.2f} | "
+                     f"{r['steps']} | {r['train_cpu_min']:.1f} | {r['psnr']:.2f} | {r['noisy_psnr']:.2f} | "
+                     f"{r['denoise_seconds_512']:.0f} | {' | '.join(more)} |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
