@@ -7,8 +7,14 @@ noise, ``mu`` a constant offset (camera baseline); ``E[y | x] = x + mu`` and
 
 **Stabilise**: the generalised Anscombe transform (Starck, Murtagh & Bijaoui, *Image Processing
 and Data Analysis*, CUP 1998; Makitalo & Foi, IEEE TIP 22:91, 2013)
-``z = 2 sqrt(max(u + 3/8 + s^2, 0))``, whose noise has variance ~1 (within a few % once
-``lam`` is above ~1-2 counts).
+``z = 2 sqrt(max(u + 3/8 + s^2, 0))``, whose noise has variance ~1 only from a few counts up:
+``v(lam) = Var[z | lam]`` (:func:`gat_variance`, exact by the same Poisson sum as ``E[z | lam]``)
+is about 0.3 at half a count without read noise and overshoots 1 by a few % near 2-8 counts.
+
+**Equalise** (``equalise=True``, the training key ``data.noise_map``): ``z`` is divided by
+``L = max sqrt(v)`` and topped up per pixel with ``sqrt(1 - v(lam_hat) / L^2) eta``, ``lam_hat``
+the 5x5 local mean of the counts, so that the stabilised noise has unit variance in every pixel,
+as the ambient objective assumes (docs/design.md section 6). The inverses undo the division.
 
 **Invert**: algebraic ``u = (z/2)^2 - 3/8 - s^2``; exact unbiased (Makitalo & Foi 2013):
 ``I(D) = lam`` such that ``E[z | lam, s] = D``. ``E[z | lam]`` is computed numerically on a
