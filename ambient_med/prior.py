@@ -40,6 +40,7 @@ from .diffusion.sampling import DEFAULT_UNCERTAINTY, denoise_posterior, resolve_
 from .diffusion.sampling import sample as _sample
 from .errors import DataError
 from .mri.complex import channels_to_complex, complex_to_channels
+from .noise import TOPUP_DRAWS
 from .utils import append_dims, as_sigma
 
 FORMAT_VERSION = 2      # the newest this version reads; Gaussian priors are still written as 1
@@ -268,9 +269,11 @@ class AmbientPrior:
             return self.denoise_model(x, sigma)
         model = self.input_noise(x, sigma)
         if model is not None and model.name != "gaussian":
-            z = model.stabilise_observation(x.float())
-            zm = self.to_model(z)
-            z_hat = self.to_data(self.denoise_model(zm, self.sigma_to_model(1.0)), as_complex=False)
+            # equalising noise models top the input up: the mean of TOPUP_DRAWS draws
+            draws = TOPUP_DRAWS if getattr(model, "equalise", False) else 1
+            z_hat = sum(self.to_data(self.denoise_model(self.to_model(model.stabilise_observation(x.float(), seed=k)),
+                                                        self.sigma_to_model(1.0)), as_complex=False)
+                        for k in range(draws)) / draws
             return model.invert_mean(z_hat)
         if model is not None:
             sigma = model.sigma

@@ -32,7 +32,8 @@ from ambient_med.tasks.train import run_training
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "microscopy" / "fmd_confocal_bpae_b"
-PROTOCOLS = ("microscopy-2d", "microscopy-2d-cpu", "microscopy-2d-cpu+noise_map")
+PROTOCOLS = ("microscopy-2d", "microscopy-2d-cpu", "microscopy-2d+noise_map=false", "microscopy-2d-cpu+noise_map",
+             "microscopy-2d-cpu+noise_map=false")
 TOPUP_DRAWS = 4
 CAPTURES = (0, 24, 49)
 
@@ -42,22 +43,33 @@ def psnr(ref: np.ndarray, x: np.ndarray) -> float:
 
 
 def protocol_file(name: str, work: Path) -> str | Path:
-    """A protocol by name; ``<name>+noise_map``: that protocol with ``data.noise_map: true``
-    (the Poisson-Gaussian noise equalised per pixel), written to ``work``."""
+    """A protocol by name; ``<name>+noise_map`` or ``<name>+noise_map=false``: that protocol with
+    ``data.noise_map`` set (the Poisson-Gaussian noise equalised per pixel, or not), written to
+    ``work``."""
     if "+" not in name:
         return name
     import yaml
 
     from ambient_med.training.config import resolve_protocol_path
 
-    base, key = name.split("+")
+    base, setting = name.split("+")
+    key, _, value = setting.partition("=")
     d = yaml.safe_load(resolve_protocol_path(base).read_text())
-    d["name"] = f"{base}-{key.replace('_', '-')}"
-    d.setdefault("data", {})[key] = True
+    d["name"] = f"{base}-{key.replace('_', '-')}-{value or 'true'}"
+    d.setdefault("data", {})[key] = value != "false"
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"{d['name']}.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return path
+
+
+def uses_noise_map(proto: str) -> bool:
+    """Whether ``proto`` (a name of ``PROTOCOLS``) trains with ``data.noise_map``."""
+    from ambient_med.training.config import load_protocol
+
+    if "+noise_map" in proto:
+        return not proto.endswith("=false")
+    return load_protocol(proto).data.noise_map
 
 
 def denoise_variants(prior_path: Path, y: np.ndarray) -> dict:
@@ -150,9 +162,9 @@ def main(argv=None):
         if a.rescore:
             prev = json.loads(old.read_text())["rows"][proto]
             keep = {k: prev[k] for k in ("steps", "seconds_per_step", "train_cpu_min", "train_wall_min", "parameters")}
-            rows[proto] = {**keep, "date": time.strftime("%Y-%m-%d"),
+            rows[proto] = {**keep, "date": time.strftime("%Y-%m-%d"), "noise_map": uses_noise_map(proto),
                            **score(a.work / proto / "prior.safetensors", a.work / proto, a.quick,
-                                   noise_map="noise_map" in proto)}
+                                   noise_map=uses_noise_map(proto))}
             continue
         pfile = protocol_file(proto, a.work)
         cost = step_cost(pfile, folders, a.work)
@@ -163,8 +175,8 @@ def main(argv=None):
         cpu_min, wall_min = (time.process_time() - c0) / 60, (time.time() - t0) / 60
         rows[proto] = {"steps": steps, "seconds_per_step": cost, "train_cpu_min": cpu_min,
                        "train_wall_min": wall_min, "parameters": res.parameters,
-                       "date": time.strftime("%Y-%m-%d"),
-                       **score(res.prior_path, a.work / proto, a.quick, noise_map="noise_map" in proto)}
+                       "date": time.strftime("%Y-%m-%d"), "noise_map": uses_noise_map(proto),
+                       **score(res.prior_path, a.work / proto, a.quick, noise_map=uses_noise_map(proto))}
         print(f"{proto}: {steps} steps in {cpu_min:.1f} CPU-min, PSNR {rows[proto]['psnr']:.2f} dB, "
               f"denoise 512x512 with std map {rows[proto]['denoise_seconds_512']:.0f} s", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "budget_cpu_min": a.budget, "threads": a.threads,
@@ -183,15 +195,16 @@ def write_md(path: Path, rows: dict, meta: dict, a) -> None:
              f"{a.budget:g} CPU-minutes of training each, {a.threads} torch thread(s); `run_training` on "
              "the raw captures of fields 1-4, `denoise_file` (Tweedie std map) on captures "
              f"{', '.join(map(str, meta['captures']))} of field 5 against its 50-capture average. "
-             "`+noise_map`: the protocol with `data.noise_map: true` (Poisson-Gaussian noise equalised per "
-             "pixel); its last two columns denoise the same captures without the top-up noise, and "
-             f"averaged over {TOPUP_DRAWS} top-up draws (one whole-image pass each).", "",
-             "| protocol | measured | parameters | s / step | steps | train CPU-min | PSNR (dB) | noisy (dB) | "
+             "`+noise_map` / `+noise_map=false`: the protocol with `data.noise_map` set (Poisson-Gaussian noise "
+             "equalised per pixel, or not). With the map, the last two columns denoise the same captures "
+             f"without the top-up noise, and averaged over {TOPUP_DRAWS} top-up draws (tiled as `denoise_file`).", "",
+             "| protocol | noise map | measured | parameters | s / step | steps | train CPU-min | PSNR (dB) | noisy (dB) | "
              f"denoise 512x512 + std map (s) | no top-up (dB) | mean of {TOPUP_DRAWS} top-ups (dB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for proto, r in rows.items():
+        r = dict(r)
         more = [f"{r[k]:.2f}" if k in r else "" for k in ("psnr_no_topup", f"psnr_topup_mean{TOPUP_DRAWS}")]
-        lines.append(f"| {proto} | {r.get('date', meta['date'])} | {r['parameters']:,} | {r['seconds_per_step']:.2f} | "
+        lines.append(f"| {proto} | {'yes' if r.get('noise_map') else 'no'} | {r.get('date', meta['date'])} | {r['parameters']:,} | {r['seconds_per_step']:.2f} | "
                      f"{r['steps']} | {r['train_cpu_min']:.1f} | {r['psnr']:.2f} | {r['noisy_psnr']:.2f} | "
                      f"{r['denoise_seconds_512']:.0f} | {' | '.join(more)} |")
     path.write_text("\n".join(lines) + "\n")

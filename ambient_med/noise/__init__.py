@@ -43,6 +43,6 @@ __all__ = [
 from ambient_med.noise.gaussian import Gaussian  # noqa: E402
 from ambient_med.noise.magnitude import NoncentralChi, Rician  # noqa: E402
 from ambient_med.noise.models import NoiseModel, from_dict  # noqa: E402
-from ambient_med.noise.poisson_gaussian import PoissonGaussian  # noqa: E402
+from ambient_med.noise.poisson_gaussian import TOPUP_DRAWS, PoissonGaussian  # noqa: E402
 
-__all__ += ["Gaussian", "NoiseModel", "NoncentralChi", "PoissonGaussian", "Rician", "from_dict"]
+__all__ += ["Gaussian", "NoiseModel", "NoncentralChi", "PoissonGaussian", "Rician", "TOPUP_DRAWS", "from_dict"]
