@@ -188,6 +188,32 @@ def main(argv=None):
             rows = {**{k: {"date": prev["meta"]["date"], **v} for k, v in prev["rows"].items()}, **rows}
     old.write_text(json.dumps({"rows": rows, "meta": meta}, indent=1))
     write_md(a.out / f"{stem}.md", rows, meta, a)
+    dens = {p: a.work / p / f"den_{CAPTURES[0]}.png" for p in a.protocols}
+    figure(a.out / f"{stem}.png", {p: f for p, f in dens.items() if f.exists()})
+
+
+def figure(path: Path, dens: dict[str, Path]) -> None:
+    """Crops of capture 0 of field 5: the capture, each prior's posterior mean (``dens``: label
+    -> its ``den_0.png``) and the 50-capture average; top a bright region, bottom the dim
+    background on a 4x stretched grey scale (where residual grain shows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    noisy = sorted(p for p in (DATA / "raw" / "5").iterdir() if p.suffix == ".png")[CAPTURES[0]]
+    panels = {"noisy capture": noisy, **dens, "50-capture average": DATA / "gt" / "5" / "avg50.png"}
+    fig, ax = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6.6), squeeze=False)
+    for i, (label, f) in enumerate(panels.items()):
+        img = read_png(f)
+        ax[0, i].imshow(img[150:350, 150:350], cmap="gray", vmin=0, vmax=120)
+        ax[1, i].imshow(img[0:150, 350:500], cmap="gray", vmin=0, vmax=30)
+        ax[0, i].set_title(label, fontsize=9)
+        for k in (0, 1):
+            ax[k, i].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def write_md(path: Path, rows: dict, meta: dict, a) -> None:
