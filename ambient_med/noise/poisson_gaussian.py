@@ -301,7 +301,7 @@ class PoissonGaussian(NoiseModel):
         """``z + sqrt(1 - v(p)) eta``, ``eta ~ N(0, I)``, ``v`` the per-pixel stabilised variance
         (:meth:`noise_std_map` of the data ``y``): the stabilised noise then has unit variance in
         every pixel, as the ambient objective assumes (docs/design.md section 6), instead of
-        0.1-0.5 below one photon per pixel. An exact draw wherever the map is right; it gives up
+        0.1-0.7 below one photon per pixel. An exact draw wherever the map is right; it gives up
         the information of the quieter dark pixels for a noise model that holds everywhere."""
         if not self.equalise:
             raise ValueError("equalise_noise needs a PoissonGaussian(..., equalise=True)")
@@ -349,7 +349,8 @@ def expected_gat(lam: np.ndarray, s2: float, n_eps: int = 2001, power: int = 1) 
 
 def gat_variance(lam: np.ndarray, s2: float) -> np.ndarray:
     """``Var[g]`` of the GAT at ``lam`` counts (read-noise variance ``s2`` in counts): 0 at
-    ``lam = 0`` without read noise, about 0.33 at half a count, a bump to about 1.1 near 4
-    counts, then 1 + O(1 / lam^2) (Anscombe 1948; Makitalo & Foi 2013)."""
+    ``lam = 0`` without read noise, about 0.47 at half a count (more with read noise), an
+    overshoot of up to about 3% near 2-8 counts, then 1 + O(1 / lam^2) (Anscombe 1948;
+    Makitalo & Foi 2013)."""
     m = expected_gat(lam, s2)
     return np.maximum(expected_gat(lam, s2, power=2) - m**2, 0.0)
