@@ -9,7 +9,7 @@ noise, ``mu`` a constant offset (camera baseline); ``E[y | x] = x + mu`` and
 and Data Analysis*, CUP 1998; Makitalo & Foi, IEEE TIP 22:91, 2013)
 ``z = 2 sqrt(max(u + 3/8 + s^2, 0))``, whose noise has variance ~1 only from a few counts up:
 ``v(lam) = Var[z | lam]`` (:func:`gat_variance`, exact by the same Poisson sum as ``E[z | lam]``)
-is about 0.3 at half a count without read noise and overshoots 1 by a few % near 2-8 counts.
+is 0.47 at half a count without read noise (less below) and overshoots 1 by up to 3% near 2-8 counts.
 
 **Equalise** (``equalise=True``, the training key ``data.noise_map``): ``z`` is divided by
 ``L = max sqrt(v)`` and topped up per pixel with ``sqrt(1 - v(lam_hat) / L^2) eta``, ``lam_hat``
