@@ -56,6 +56,9 @@ METHODS = ("ambient+consistency", "clean", "supervised", "n2v")
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--noise-map", action=argparse.BooleanOptionalAction, default=True,
+                   help="equalise the stabilised noise per pixel (data.noise_map, the microscopy "
+                        "protocols' default) for every learned method, in training and scoring")
     return curve_args(p, Path("/tmp/ambient_med_fmd_curve"), argv)
 
 
@@ -64,7 +67,7 @@ def fmd_args(a):
     import fmd
 
     args = fmd.parse([])
-    args.threads, args.quick = a.threads, False
+    args.threads, args.quick, args.noise_map = a.threads, False, a.noise_map
     return args
 
 
@@ -119,12 +122,13 @@ def main(argv=None):
     # the test captures, their noise fits and BM3D, once (BM3D is cached in --work)
     stack, ref = test_field(args.data, args.test_field)
     caps = [stack[i] for i in args.test_captures]
-    models = [PoissonGaussian.estimate(c) for c in caps]
+    fits = [PoissonGaussian.estimate(c) for c in caps]
+    models = [PoissonGaussian(m.a, m.b, m.mu, equalise=a.noise_map) for m in fits]
     bm3d_file = a.work / "bm3d.json"
     if not bm3d_file.exists():
         import bm3d
 
-        vals = [psnr(m.invert_mean(bm3d.bm3d(m.stabilise(c), 1.0)), ref, DATA_RANGE) for c, m in zip(caps, models)]
+        vals = [psnr(m.invert_mean(bm3d.bm3d(m.stabilise(c), 1.0)), ref, DATA_RANGE) for c, m in zip(caps, fits)]
         bm3d_file.write_text(json.dumps({"psnr": float(np.mean(vals))}))
     bm3d_psnr = json.loads(bm3d_file.read_text())["psnr"]
     scale, sn, patch = setup["scale"], setup["sn"], args.patch
@@ -143,9 +147,11 @@ def main(argv=None):
 
 
 def write(a, curves, bm3d_psnr):
-    meta = curve_meta(a, bm3d_psnr=bm3d_psnr)
+    meta = curve_meta(a, bm3d_psnr=bm3d_psnr, noise_map=a.noise_map)
     lines = ["# FMD learning curves on the CPU (benchmarks/fmd_curve.py)\n",
-             f"{meta['date']}; fmd.py's data, network and scoring; {a.threads} torch threads; CPU-minutes "
+             f"{meta['date']}; fmd.py's data, network and scoring"
+             f"{'; noise map on (stabilised noise equalised per pixel, posterior mean over 4 top-up draws)' if a.noise_map else ''}"
+             f"; {a.threads} torch threads; CPU-minutes "
              f"are process CPU time (all threads). BM3D: {bm3d_psnr:.2f} dB. Marks not reached within "
              f"the budget run so far ({a.budget:g} CPU-min per method) are blank.\n",
              row(["method", *(f"{m:g} CPU-min" for m in a.marks), "steps so far"]), rule(len(a.marks) + 2)]

@@ -107,7 +107,8 @@ def training_setup(args, log) -> dict:
     folders = [args.data / "raw" / str(f) for f in args.train_fields]
     t = time.perf_counter()
     ds, info = build_training_set(folders, sigma_n="auto", kind="intensity", spatial_dims=2,
-                                  patch_size=(args.patch, args.patch), noise_model="poisson-gaussian")
+                                  patch_size=(args.patch, args.patch), noise_model="poisson-gaussian",
+                                  noise_map=getattr(args, "noise_map", False))
     ds.data = [ds.data[i] for i in range(len(ds.data))]   # preprocess once, keep in memory
     times["load_training_set_s"] = time.perf_counter() - t
     scale, sn = info.scale, info.sigma_n_model

@@ -19,7 +19,7 @@ import torch
 from ambient_med.diffusion.losses import LossConfig
 from ambient_med.diffusion.networks import EDMDenoiser, count_parameters
 from ambient_med.diffusion.tiling import tiled_apply
-from ambient_med.noise import PoissonGaussian
+from ambient_med.noise import TOPUP_DRAWS, PoissonGaussian
 from ambient_med.prior import AmbientPrior
 from ambient_med.training.ema import ema_update
 from ambient_med.training.loop import ResumableSampler, TrainConfig, _batches, _lr, train
@@ -181,6 +181,9 @@ def denoiser_fn(method: str, net, sigma: float):
 
 def posterior_mean(fn, y: np.ndarray, model: PoissonGaussian, scale: float, patch: int) -> np.ndarray:
     """A capture denoised by ``fn`` (tiled) in the stabilised domain, back in data units by the
-    unbiased inverse."""
-    zm = torch.from_numpy(model.stabilise(y) / scale).float()[None, None]
-    return model.invert_mean(tiled(fn, zm, patch)[0, 0].double().numpy() * scale)
+    unbiased inverse. An equalising model tops the input up as ``denoise`` does: the mean of
+    ``TOPUP_DRAWS`` draws of the top-up noise."""
+    draws = TOPUP_DRAWS if model.equalise else 1
+    d = sum(tiled(fn, torch.from_numpy(model.stabilise_observation(y, seed=k) / scale).float()[None, None],
+                  patch)[0, 0].double().numpy() for k in range(draws)) / draws
+    return model.invert_mean(d * scale)
