@@ -25,6 +25,7 @@ from ambient_med.recon import (
     dc_denoiser,
     dense_matrix,
     matrix_operator,
+    noise_gamma,
     sample_dc,
     sample_dps,
     tweedie_denoiser,
@@ -263,7 +264,19 @@ def test_sample_dps_end_to_end_matches_the_posterior():
 def test_sample_dc_end_to_end_matches_the_white_posterior_and_counts_calls_per_chunk():
     p = make_problem("random", "white")
     k = 200
-    out = sample_dc(white, p["fwd"], p["adj"], p["y"], SIGMA_Y, sigma_data=1.0, n_samples=k,
+    out = sample_dc(white, p["fwd"], p["adj"], p["y"], SIGMA_Y, gamma="white", sigma_data=1.0, n_samples=k,
                     chunk=50, cg_iters=16, generator=torch.Generator().manual_seed(12))
     _mc_check(p, out, k)
     assert out["calls"] == out["forward_calls"] == 4 * RECON_STEPS and out["jacobian_calls"] == 0
+
+
+def test_sample_dc_gamma_names_and_bad_values():
+    p = make_problem("random", "white")
+    kw = dict(n_samples=2, steps=4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="needs sigma_data"):
+        sample_dc(white, p["fwd"], p["adj"], p["y"], SIGMA_Y, gamma="white", **kw)
+    with pytest.raises(ValueError, match="'noise', 'white'"):
+        sample_dc(white, p["fwd"], p["adj"], p["y"], SIGMA_Y, gamma="wiener", **kw)
+    a = sample_dc(white, p["fwd"], p["adj"], p["y"], SIGMA_Y, **kw)["mean"]
+    b = sample_dc(white, p["fwd"], p["adj"], p["y"], SIGMA_Y, gamma=noise_gamma, **{**kw, "generator": torch.Generator().manual_seed(0)})["mean"]
+    assert torch.equal(a, b)                                 # "noise" is the default

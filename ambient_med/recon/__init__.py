@@ -6,6 +6,7 @@ from ambient_med.recon.cg import cg
 from ambient_med.recon.conditional import (
     CallCounter,
     dc_denoiser,
+    noise_gamma,
     tweedie_denoiser,
     white_gamma,
 )
@@ -19,7 +20,7 @@ from ambient_med.recon.operators import (
 from ambient_med.recon.samplers import RECON_STEPS, sample_dc, sample_dps
 
 __all__ = [
-    "cg", "CallCounter", "dc_denoiser", "tweedie_denoiser", "white_gamma", "adjoint_mismatch",
+    "cg", "CallCounter", "dc_denoiser", "tweedie_denoiser", "white_gamma", "noise_gamma", "adjoint_mismatch",
     "complex_to_real", "dense_matrix", "matrix_operator", "RECON_STEPS", "sample_dc", "sample_dps",
     "StationaryGaussian",
 ]
