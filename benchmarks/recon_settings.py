@@ -18,6 +18,8 @@ The priors are the final checkpoints of ``mri_curve.py``'s runs (60 CPU-minutes 
 8, 4 antithetic chains x 24 steps from sigma_max 10, as ``mri_curve.py``) and on the ESPIRiT real
 k-space (R = 4 and 8, one slice, magnitude PSNR). Tuned L1-wavelet is the classical line.
 
+Resumable: every measured row goes to ``--rows`` (out of git) and a rerun skips it.
+
 Run:  python benchmarks/recon_settings.py [--work /tmp/ambient_med_mri_curve] [--quick]
 Writes benchmarks/results/recon_settings.{json,md} (``--quick``: ``recon_settings_quick.*``).
 """
@@ -32,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from common.mni import combine, intensity_scale, simulated
-from common.mri_baselines import l1_wavelet, tune
+from common.mri_baselines import l1_wavelet, sense_cg, tune
 from common.mri_priors import network
 from common.mri_real import real_problems, real_score
 from common.results import RESULTS, run_meta, settings, stem, write_json
 from common.scoring import psnr
 from common.tables import table
+from common.work import append_jsonl, read_jsonl
 
 from ambient_med.diffusion.networks import EDMDenoiser
 from ambient_med.mri.complex import complex_to_channels
@@ -45,6 +48,7 @@ from ambient_med.prior import AmbientPrior, PriorMetadata
 from ambient_med.recon import white_gamma
 
 OBJECTIVES = ("clean", "ambient+consistency", "naive")
+DEFAULT_OBJECTIVES = ("clean", "ambient+consistency")
 
 
 def gammas(sigma_data: float) -> dict:
@@ -86,11 +90,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/ambient_med_mri_curve"),
                    help="mri_curve.py's work folder (its checkpoints)")
-    p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    p.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES), choices=OBJECTIVES)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="one test slice, R = 4 only")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--rows", type=Path, default=Path("/tmp/ambient_med_recon_settings/rows.jsonl"),
+                   help="measured rows (a rerun skips them; keep it out of git)")
     a = p.parse_args(argv)
+    a.work_rows = a.rows.with_name("rows_quick.jsonl") if a.quick else a.rows
     torch.set_num_threads(a.threads)
     import mri_recon
 
@@ -114,7 +121,11 @@ def main(argv=None):
     if not a.quick:
         for name, pr in real_problems(args, rng).items():
             if name.startswith("real_espirit"):
-                problems[name] = [(pr["ku"], pr["mask"], pr["maps"], pr["ref"], pr["sigma"], pr["fit"])]
+                # mri_recon.py's intensity match: the SENSE image's 99th percentile to the priors' scale
+                c = d["scale"] / float(np.percentile(np.abs(sense_cg(pr["ku"], pr["maps"], pr["mask"], 0.0)), 99))
+                problems[name] = [(pr["ku"] * c, pr["mask"], pr["maps"], pr["ref"] * c, pr["sigma"] * c, pr["fit"])]
+    a.work_rows.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["prior"], r["task"], r["gamma"], r["tiles"]): r for r in read_jsonl(a.work_rows)}
     rows = []
     for obj in a.objectives:
         prior = load_prior(obj, a.work, d, args)
@@ -124,6 +135,9 @@ def main(argv=None):
         for task, items in problems.items():
             for gname, gamma in gammas(prior.metadata.sigma_data).items():
                 for tname in ("tiled", "whole"):
+                    if (obj, task, gname, tname) in done:
+                        rows.append(done[(obj, task, gname, tname)])
+                        continue
                     t = time.perf_counter()
                     vals = []
                     for j, (ku, mk, mp, ref, s, fit) in enumerate(items):
@@ -133,6 +147,7 @@ def main(argv=None):
                     rows.append({"prior": obj, "steps": prior.metadata.training["steps"], "task": task,
                                  "gamma": gname, "tiles": tname, "psnr": float(np.mean(vals)),
                                  "seconds": time.perf_counter() - t})
+                    append_jsonl(a.work_rows, rows[-1])
                     print(f"{obj} {task} gamma={gname} {tname}: {rows[-1]['psnr']:.2f}", flush=True)
     meta = {"settings": settings(a), "test_slices": [int(z) for z in test], "l1_wavelet": l1,
             "wall_seconds": time.perf_counter() - t0, **run_meta(a.threads)}
