@@ -112,10 +112,11 @@ def main(argv=None):
     problems = {}                                     # task -> list of (ku, mask, maps, ref, sigma, fit)
     q = float(np.percentile(np.abs(d["y"][d["train"]]), 99))
     tune_idx = np.linspace(0, len(d["train"]) - 1, args.n_tune).round().astype(int)
-    l1 = {}
+    l1, tunings = {}, {}
     for accel, m in masks.items():
         problems[f"sim_R{accel}"] = [(d["k"][z] * m, m, d["maps"], d["x0"][z], d["sigma"], None) for z in test]
-        tn = tune(d["k"][d["train"]][tune_idx], d["x0"][d["train"]][tune_idx], d["maps"], m, d["sigma"], q)
+        tn = tunings[accel] = tune(d["k"][d["train"]][tune_idx], d["x0"][d["train"]][tune_idx], d["maps"], m,
+                                   d["sigma"], q)
         l1[f"sim_R{accel}"] = float(np.mean([psnr(l1_wavelet(ku, mp, mk, tn["alpha"] * s), ref)
                                              for ku, mk, mp, ref, s, _ in problems[f"sim_R{accel}"]]))
     if not a.quick:
@@ -123,7 +124,10 @@ def main(argv=None):
             if name.startswith("real_espirit"):
                 # mri_recon.py's intensity match: the SENSE image's 99th percentile to the priors' scale
                 c = d["scale"] / float(np.percentile(np.abs(sense_cg(pr["ku"], pr["maps"], pr["mask"], 0.0)), 99))
-                problems[name] = [(pr["ku"] * c, pr["mask"], pr["maps"], pr["ref"] * c, pr["sigma"] * c, pr["fit"])]
+                ku, sigma, ref = pr["ku"] * c, pr["sigma"] * c, pr["ref"] * c
+                problems[name] = [(ku, pr["mask"], pr["maps"], ref, sigma, pr["fit"])]
+                alpha = tunings[8 if name.endswith("R8") else 4]["alpha"]
+                l1[name] = real_score(l1_wavelet(ku, pr["maps"], pr["mask"], alpha * sigma), ref, pr["fit"])["psnr"]
     a.work_rows.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["prior"], r["task"], r["gamma"], r["tiles"]): r for r in read_jsonl(a.work_rows)}
     rows = []
