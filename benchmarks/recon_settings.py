@@ -39,7 +39,7 @@ from common.mri_priors import network
 from common.mri_real import real_problems, real_score
 from common.results import RESULTS, run_meta, settings, stem, write_json
 from common.scoring import psnr
-from common.tables import table
+from common.tables import analysis, table
 from common.work import append_jsonl, read_jsonl
 
 from ambient_med.diffusion.networks import EDMDenoiser
@@ -157,7 +157,8 @@ def main(argv=None):
             "wall_seconds": time.perf_counter() - t0, **run_meta(a.threads)}
     name = stem("recon_settings", a.quick)
     write_json(a.out / f"{name}.json", {"rows": rows, "meta": meta})
-    (a.out / f"{name}.md").write_text(markdown(rows, meta))
+    md = a.out / f"{name}.md"
+    md.write_text(markdown(rows, meta) + ("" if a.quick else "\n" + analysis(md)))
     print(markdown(rows, meta))
 
 
