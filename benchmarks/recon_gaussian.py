@@ -35,7 +35,7 @@ from common.mni import combine, simulated
 from common.mri_baselines import l1_wavelet, sense_cg, tune
 from common.results import RESULTS, run_meta, settings, stem, write_json
 from common.scoring import psnr
-from common.tables import table
+from common.tables import analysis, table
 
 from ambient_med.recon import StationaryGaussian, sample_dc, sample_dps
 from ambient_med.recon.mri import measurement, sense_operator, to_complex_image
@@ -128,7 +128,8 @@ def main(argv=None) -> dict:
             "wall_seconds": time.perf_counter() - t0, **run_meta()}
     name = stem("recon_gaussian", args.quick)
     write_json(args.out / f"{name}.json", {"rows": rows, "meta": meta})
-    (args.out / f"{name}.md").write_text(markdown(rows, meta))
+    md = args.out / f"{name}.md"
+    md.write_text(markdown(rows, meta) + ("" if args.quick else "\n" + analysis(md)))   # keeps the reading
     print(markdown(rows, meta))
     return {"rows": rows, "meta": meta}
 
