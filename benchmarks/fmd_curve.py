@@ -14,6 +14,7 @@ later with a larger ``--budget``. Learning-rate schedule: constant after a 100-s
 a checkpoint is the same whatever the final budget.
 
 Run:  python benchmarks/fmd_curve.py [--budget 60] [--methods ...] [--quick]
+      python benchmarks/fmd_curve.py --report --work DIR   (the tables and figure from DIR's runs)
 Writes benchmarks/results/fmd_curve.{json,md,png} (``--quick``: ``fmd_curve_quick.*``).
 """
 
@@ -59,6 +60,8 @@ def parse(argv=None):
     p.add_argument("--noise-map", action=argparse.BooleanOptionalAction, default=True,
                    help="equalise the stabilised noise per pixel (data.noise_map, the microscopy "
                         "protocols' default) for every learned method, in training and scoring")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: write the results from the runs in --work as they stand")
     return curve_args(p, Path("/tmp/ambient_med_fmd_curve"), argv)
 
 
@@ -116,6 +119,10 @@ def main(argv=None):
     a = parse(argv)
     torch.set_num_threads(a.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if a.report:
+        curves = {m: Progress(a.work / m.replace("+", "_") / "progress.json").d for m in a.methods}
+        write(a, curves, json.loads((a.work / "bm3d.json").read_text())["psnr"])
+        return
     args = fmd_args(a)
     a.work.mkdir(parents=True, exist_ok=True)
     setup = training_setup(args, log)
@@ -152,10 +159,12 @@ def write(a, curves, bm3d_psnr):
              f"{meta['date']}; fmd.py's data, network and scoring"
              f"{'; noise map on (stabilised noise equalised per pixel, posterior mean over 4 top-up draws)' if a.noise_map else ''}"
              f"; {a.threads} torch threads; CPU-minutes "
-             f"are process CPU time (all threads). BM3D: {bm3d_psnr:.2f} dB. Marks not reached within "
-             f"the budget run so far ({a.budget:g} CPU-min per method) are blank.\n",
-             row(["method", *(f"{m:g} CPU-min" for m in a.marks), "steps so far"]), rule(len(a.marks) + 2)]
-    lines += [row([method, *mark_cells(d, a.marks, "psnr"), d["steps"]]) for method, d in curves.items()]
+             f"are process CPU time (all threads). BM3D: {bm3d_psnr:.2f} dB. Marks beyond a method's "
+             f"training so far (last columns) are blank.\n",
+             row(["method", *(f"{m:g} CPU-min" for m in a.marks), "steps so far", "CPU-min so far"]),
+             rule(len(a.marks) + 3)]
+    lines += [row([method, *mark_cells(d, a.marks, "psnr"), d["steps"], f"{d['cpu_s'] / 60:.1f}"])
+              for method, d in curves.items()]
     fig, ax = pyplot().subplots(figsize=(6, 4))
     plot_marks(ax, curves, "psnr", lambda m: SHORT.get(m, m))
     ax.axhline(bm3d_psnr, color="k", ls="--", label="BM3D")
