@@ -80,16 +80,26 @@ def score(prior, d, args) -> dict:
     return out
 
 
-def run_prior(obj, d, a, args, log) -> dict:
-    folder = a.work / obj.replace("+", "_")
-    folder.mkdir(parents=True, exist_ok=True)
-    prog = Progress(folder / "progress.json")
+def prior_parts(obj, d, args):
+    """The training data in model units, the network and the metadata of ``obj``'s prior."""
     to_ch = lambda x: complex_to_channels(torch.from_numpy(x)[:, None], dim=1) / d["scale"]  # noqa: E731
     x0m, ym = to_ch(d["x0"][d["train"]]), to_ch(d["y"][d["train"]])
     sn = d["sigma"] / d["scale"]
     sd = float(x0m.std()) if obj == "clean" else (float(ym.std()) if obj == "naive"
                                                    else math.sqrt(max(float(ym.var()) - sn**2, 1e-8)))
     net = network(args, sd)
+    meta = PriorMetadata(network=net.to_dict(), data_kind="complex",
+                         sigma_n_data=0.0 if obj == "clean" else d["sigma"],
+                         sigma_n_model=0.0 if obj == "clean" else sn, scale=d["scale"],
+                         training={"image_shape": [args.patch, args.patch], "objective": obj})
+    return x0m, ym, sn, sd, net, meta
+
+
+def run_prior(obj, d, a, args, log) -> dict:
+    folder = a.work / obj.replace("+", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    prog = Progress(folder / "progress.json")
+    x0m, ym, sn, sd, net, meta = prior_parts(obj, d, args)
     data = PatchSet(ym, sn, args.patch, clean=x0m if obj == "clean" else None)
     tcfg = TrainConfig(steps=10**7, batch_size=args.batch_size, lr=args.lr, lr_warmup=100,
                        log_every=a.slice, checkpoint_every=a.slice, keep_checkpoints=1, seed=args.seed)
@@ -98,10 +108,6 @@ def run_prior(obj, d, a, args, log) -> dict:
     # consistency_start is a fraction of cfg.steps: mri_recon.py's warm-up in steps
     loss = LossConfig(objective=obj, sigma_data=sd)
     loss = replace(loss, consistency_start=loss.consistency_start * args.steps / tcfg.steps)
-    meta = PriorMetadata(network=net.to_dict(), data_kind="complex",
-                         sigma_n_data=0.0 if obj == "clean" else d["sigma"],
-                         sigma_n_model=0.0 if obj == "clean" else sn, scale=d["scale"],
-                         training={"image_shape": [args.patch, args.patch], "objective": obj})
 
     def train_slice(k):
         return train(model, data, loss, tcfg, run_dir=folder, resume=k > 0, device="cpu", stop_after=k + a.slice).model

@@ -27,7 +27,6 @@ Writes benchmarks/results/recon_settings.{json,md} (``--quick``: ``recon_setting
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -35,7 +34,6 @@ import numpy as np
 import torch
 from common.mni import combine, intensity_scale, simulated
 from common.mri_baselines import l1_wavelet, sense_cg, tune
-from common.mri_priors import network
 from common.mri_real import real_problems, real_score
 from common.results import RESULTS, run_meta, settings, stem, write_json
 from common.scoring import psnr
@@ -43,8 +41,7 @@ from common.tables import analysis, table
 from common.work import append_jsonl, read_jsonl
 
 from ambient_med.diffusion.networks import EDMDenoiser
-from ambient_med.mri.complex import complex_to_channels
-from ambient_med.prior import AmbientPrior, PriorMetadata
+from ambient_med.prior import AmbientPrior
 from ambient_med.recon import white_gamma
 
 OBJECTIVES = ("clean", "ambient+consistency", "naive")
@@ -57,23 +54,16 @@ def gammas(sigma_data: float) -> dict:
 
 def load_prior(obj: str, work: Path, d: dict, args) -> AmbientPrior | None:
     """The last checkpoint (EMA weights) of ``mri_curve.py``'s run of ``obj``, with its metadata."""
+    from mri_curve import prior_parts
+
     cks = sorted((work / obj.replace("+", "_") / "checkpoints").glob("step_*.pt"))
     if not cks:
         return None
-    to_ch = lambda x: complex_to_channels(torch.from_numpy(x)[:, None], dim=1) / d["scale"]  # noqa: E731
-    x0m, ym = to_ch(d["x0"][d["train"]]), to_ch(d["y"][d["train"]])
-    sn = d["sigma"] / d["scale"]
-    sd = float(x0m.std()) if obj == "clean" else (float(ym.std()) if obj == "naive"
-                                                   else math.sqrt(max(float(ym.var()) - sn**2, 1e-8)))
-    net = network(args, sd)
+    *_, net, meta = prior_parts(obj, d, args)
     model = EDMDenoiser(net)
     state = torch.load(cks[-1], weights_only=True)
     model.load_state_dict(state["ema"])
-    meta = PriorMetadata(network=net.to_dict(), data_kind="complex",
-                         sigma_n_data=0.0 if obj == "clean" else d["sigma"],
-                         sigma_n_model=0.0 if obj == "clean" else sn, scale=d["scale"],
-                         training={"image_shape": [args.patch, args.patch], "objective": obj,
-                                   "steps": int(state["step"])})
+    meta.training["steps"] = int(state["step"])
     return AmbientPrior(model.eval(), meta)
 
 
