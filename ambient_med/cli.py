@@ -58,8 +58,9 @@ def user_errors():
         _fail(f"{where}{e.strerror or e}")
     except (RuntimeError, MemoryError) as e:
         if _is_oom(e):
-            _fail("out of memory: lower --batch-size or data.patch_size, or use a smaller "
-                  f"network ({str(e).splitlines()[0][:120]})")
+            _fail("out of memory: lower --batch-size or data.patch_size, or use a smaller network "
+                  "(denoise, recon: a smaller --tile; a whole frame through a network with attention "
+                  f"needs memory quadratic in its pixels) ({str(e).splitlines()[0][:120]})")
         raise
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -170,3 +170,18 @@ def test_denoise_keeps_an_integer_tiff_stack_integer(patched, tmp_path):
     sample = tifffile.imread(tmp_path / "den_sample1.tif")
     assert mean.dtype == sample.dtype == np.uint16 and mean.shape == sample.shape == (3, 16, 16)
     assert std.dtype == np.float32                            # a std map is not rounded
+
+
+def test_denoise_out_of_memory_is_one_line_naming_tile(patched, tmp_path, monkeypatch):
+    import ambient_med.diffusion.tweedie as tweedie
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 34359738368 bytes.")
+    monkeypatch.setattr(tweedie, "posterior_variance", oom)
+    f, _ = _flat(tmp_path, shape=(16, 16))
+    r = cli("denoise", "--prior", patched, "--input", f, "--out", tmp_path / "o.tif", "--sigma", "prior",
+            "--no-progress")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr + r.stdout, (r.exit_code, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]          # after the line that names the noise model
+    assert last.startswith("error: out of memory") and "--tile" in last, last
