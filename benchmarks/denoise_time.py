@@ -6,8 +6,14 @@ measured with the ``microscopy-2d-cpu`` prior of ``microscopy_preset.py`` at abo
 noise map on). Variants, each timed in this process on ``--threads`` torch threads:
 
 - ``tweedie, tiled``: the default: the posterior mean (mean of the top-up draws) and the Tweedie
-  std map (coloured Jacobian probes, ``diffusion.tweedie.posterior_variance``), the network on
-  tiles of the training patch (overlap a quarter);
+  std map (coloured Jacobian probes, ``diffusion.tweedie.posterior_variance``, forward
+  differences from one shared ``D(x)``), the network on tiles of the training patch (overlap a
+  quarter);
+- ``tweedie, tiled, central difference``: the same with central differences (two network calls
+  per Jacobian product, the std map's path before the forward difference), the same probes;
+- ``tweedie, tiled, probes seed 1``: the default with another draw of the probes, so that the
+  change the forward difference makes to the map (relative L2 to the default's, column
+  ``map change``) can be read against the probes' own Monte-Carlo spread;
 - ``tweedie, whole`` (only with ``--whole``): the same through the whole image (``--tile 512``):
   no overlap to pay for, but the network's middle-block attention over (512/4)^2 positions asks
   for 34 GB with the ``microscopy-2d-cpu`` network (measured: it fails on a 24 GB machine);
@@ -27,6 +33,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +44,28 @@ from common.results import RESULTS, run_meta, settings, stem, write_json
 from common.scoring import psnr
 from common.tables import analysis, table
 
+from ambient_med.diffusion import tweedie
 from ambient_med.io.image_files import read_image, write_image
 from ambient_med.prior import AmbientPrior
 from ambient_med.tasks.denoise import denoise_file, std_path
 
 VARIANTS = {"tweedie, tiled": dict(tile=None, uncertainty=None),
+            "tweedie, tiled, central difference": dict(tile=None, uncertainty=None, difference="central"),
+            "tweedie, tiled, probes seed 1": dict(tile=None, uncertainty=None, seed=1),
             "mean only, tiled": dict(tile=None, uncertainty="none")}
 WHOLE = {"tweedie, whole": dict(tile=512, uncertainty=None)}
+
+
+@contextmanager
+def finite_difference(kind: str | None):
+    """``denoise_file``'s std map with ``posterior_variance(difference=kind)`` (None: the default)."""
+    original = tweedie.posterior_variance
+    if kind is not None:
+        tweedie.posterior_variance = partial(original, difference=kind)
+    try:
+        yield
+    finally:
+        tweedie.posterior_variance = original
 
 
 def smooth(x: np.ndarray, n: int = 8) -> np.ndarray:
@@ -67,19 +90,23 @@ def main(argv=None):
     if a.quick:
         y, ref = y[:128, :128], ref[:128, :128]
     training = AmbientPrior.load(a.prior).metadata.training
-    rows = []
+    rows, default_std = [], None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "capture.png"
         write_image(src, y, y_meta)
         for name, kw in {**VARIANTS, **(WHOLE if a.whole else {})}.items():
+            kw = dict(kw)
             out = Path(tmp) / f"{name.replace(', ', '_').replace(' ', '_')}.png"
             t = time.perf_counter()
-            denoise_file(a.prior, src, out, overwrite=True, device="cpu", **kw)
+            with finite_difference(kw.pop("difference", None)):
+                denoise_file(a.prior, src, out, overwrite=True, device="cpu", **kw)
             sec = time.perf_counter() - t
             mean = read_image(out)[0].astype(np.float64)
             r = {"variant": name, "seconds": sec, "psnr": psnr(ref, mean, 255.0)}
             if kw["uncertainty"] is None:
                 std = read_image(std_path(out))[0].astype(np.float64)
+                default_std = std if default_std is None else default_std
+                r["map_change"] = float(np.linalg.norm(std - default_std) / np.linalg.norm(default_std))
                 r["mean_std"] = float(std.mean())
                 r["pearson_std_error"] = float(np.corrcoef(smooth(std).ravel(),
                                                            smooth(np.abs(mean - ref)).ravel())[0, 1])
@@ -91,15 +118,18 @@ def main(argv=None):
     name = stem("denoise_time", a.quick)
     write_json(a.out / f"{name}.json", {"rows": rows, "meta": meta})
     md = a.out / f"{name}.md"
-    body = [[r["variant"], f"{r['seconds']:.1f}", f"{r['psnr']:.2f}", f"{r.get('mean_std', float('nan')):.3f}",
-             f"{r.get('pearson_std_error', float('nan')):.2f}"] for r in rows]
+    nan = float("nan")
+    body = [[r["variant"], f"{r['seconds']:.1f}", f"{r['psnr']:.2f}", f"{r.get('mean_std', nan):.3f}",
+             f"{r.get('pearson_std_error', nan):.2f}", f"{r.get('map_change', nan):.4f}"] for r in rows]
     text = "\n".join([
         "# Time to an uncertainty map (benchmarks/denoise_time.py)\n",
         f"{meta['date']}; `denoise_file` on capture {a.capture} of FMD field {a.field} ({y.shape[0]}x{y.shape[1]}), "
         f"{a.threads} torch threads, CPU; prior: {meta['prior_training']}; noisy capture "
         f"{meta['noisy_psnr']:.2f} dB. PSNR of the posterior mean against the 50-capture average; Pearson "
-        "of the std map with the mean's absolute error (8x8 blocks).\n",
-        *table(["variant", "seconds", "PSNR (dB)", "mean std (8-bit units)", "Pearson std vs error"], body)])
+        "of the std map with the mean's absolute error (8x8 blocks); map change: relative L2 distance of "
+        "the std map from the first row's.\n",
+        *table(["variant", "seconds", "PSNR (dB)", "mean std (8-bit units)", "Pearson std vs error",
+                "map change"], body)])
     md.write_text(text + "\n" + ("" if a.quick else "\n" + analysis(md)))
     print(text)
 

@@ -56,7 +56,7 @@ def test_air_mixture_has_exact_zeros_and_its_denoiser_keeps_them():
                                         ("air", 1.0), ("pixmix", 0.5)])
 def test_probed_variance_matches_the_closed_form(case, sigma):
     """With a period covering the whole 8x8 image the probes are exact (up to the finite
-    difference); with the default settings (rank 8, period 4), within 10% on average of the exact per-pixel
+    difference, forward or central); with the default settings (rank 8, period 4), within 10% on average of the exact per-pixel
     posterior variance, and 0 where the posterior variance is 0."""
     dist, exact_var = {
         "field": (FIELD, lambda y, s: torch.full_like(y, FIELD.mmse(s))),
@@ -67,9 +67,10 @@ def test_probed_variance_matches_the_closed_form(case, sigma):
     den = {"field": FIELD.wiener}.get(case, getattr(dist, "denoise", None))
     y, g = _noisy(dist, 64, sigma)
     truth = exact_var(y, sigma).double()
-    full = posterior_variance(lambda x, s: den(x.double(), s).float(), y.float(), sigma, period=8, rank=0,
-                              generator=g)
-    assert float((full.double() - truth).abs().mean() / truth.mean()) < 1e-3
+    for difference in ("forward", "central"):
+        full = posterior_variance(lambda x, s: den(x.double(), s).float(), y.float(), sigma, period=8, rank=0,
+                                  generator=g, difference=difference)
+        assert float((full.double() - truth).abs().mean() / truth.mean()) < 1e-3
     default = posterior_variance(lambda x, s: den(x.double(), s).float(), y.float(), sigma,
                                  generator=g)
     assert float((default.double() - truth).abs().mean() / truth.mean()) < 0.10
@@ -97,6 +98,22 @@ def test_colour_masks_cover_every_pixel_once():
         assert len(masks) == probe_count(shape, 4)
         cover = torch.stack(masks).sum(0)
         assert (cover == 1).all()
+
+
+@pytest.mark.parametrize("rank,power", [(0, 1), (8, 1), (4, 0), (4, 2)])
+def test_probe_count_is_the_number_of_network_calls_less_one(rank, power):
+    """One call for ``D(x)``, then one per Jacobian product (a forward difference) with one probe
+    per call: what the timing of a std map follows."""
+    calls = []
+
+    def den(a, s):
+        calls.append(a.shape[0])
+        return 0.5 * a
+
+    posterior_variance(den, torch.randn(1, 1, 8, 8), 0.3, rank=rank, power=power, batch=1)
+    assert len(calls) == 1 + probe_count((1, 8, 8), 4, rank=rank, power=power)
+    with pytest.raises(ValueError, match="forward"):
+        posterior_variance(den, torch.randn(1, 1, 8, 8), 0.3, difference="backward")
 
 
 def test_identity_denoiser_has_variance_sigma_squared_and_constant_has_zero():
