@@ -41,3 +41,29 @@ def test_config_round_trip_and_validation():
     assert NetworkConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="divisible"):
         NetworkConfig(features=(10, 16), attention_levels=(False, False), norm_num_groups=4)
+
+
+def test_attention_runs_fused_and_matches_the_explicit_attention_matrix():
+    """The attention levels and the middle block use torch's scaled_dot_product_attention (no (HW)^2 matrix held in
+    memory, what lets a whole frame through); the explicit einsum-softmax path of MONAI with the
+    same weights gives the same output to float rounding."""
+    from monai.networks.blocks.selfattention import SABlock
+
+    torch.manual_seed(0)
+    m = EDMDenoiser(NetworkConfig(spatial_dims=2, channels=1, **TINY)).eval()
+    plain = EDMDenoiser(NetworkConfig(spatial_dims=2, channels=1, **{**TINY, "attention_levels": (False, False)}))
+    # MONAI's middle block attends whatever the levels say
+    assert [b.use_flash_attention for b in plain.modules() if isinstance(b, SABlock)] == [True]
+    with torch.no_grad():
+        for p in m.parameters():  # MONAI zero-initialises the output convolution
+            p.add_(0.05 * torch.randn_like(p))
+    blocks = [b for b in m.modules() if isinstance(b, SABlock)]
+    assert blocks and all(b.use_flash_attention for b in blocks)
+    x, s = torch.randn(2, 1, 16, 16), torch.tensor([0.2, 2.0])
+    with torch.no_grad():
+        fused = m(x, s)
+        for b in blocks:
+            b.use_flash_attention = False
+        explicit = m(x, s)
+    assert fused.abs().max() > 0.1
+    assert torch.allclose(fused, explicit, atol=1e-5)

@@ -85,6 +85,11 @@ class EDMDenoiser(nn.Module):
             attention_levels=config.attention_levels,
             norm_num_groups=config.norm_num_groups,
             num_head_channels=config.num_head_channels,
+            # torch's scaled_dot_product_attention (fused kernels on CPU and CUDA) instead of an
+            # explicit attention matrix, in the attention levels and in the middle block, which
+            # always attends: the same weights and outputs (to float rounding), but a whole
+            # 512x512 frame no longer asks for a 34 GB matrix (benchmarks/results/denoise_time.md)
+            use_flash_attention=True,
         )
         self.register_buffer("sigma_data", torch.tensor(float(config.sigma_data)))
 

@@ -108,8 +108,9 @@ def sample_dc(denoiser: Denoiser, forward: Operator, adjoint: Operator, y: torch
     ``sigma^2``), ``"white"`` (:func:`~ambient_med.recon.conditional.white_gamma` of the prior's
     ``sigma_data``, ``sigma^2 sd^2/(sigma^2 + sd^2)``, exact for a white Gaussian prior of std
     ``sd``), a float or a function of ``sigma``. For a correlated prior no scalar is exact; on the
-    MRI benchmark's exact Gaussian prior ``"noise"`` lands within 0.3 dB of the posterior mean at
-    R = 4 and 8, ``"white"`` 0.47 dB off at R = 8 (``benchmarks/results/recon_gaussian.md``).
+    MRI benchmark's exact Gaussian prior ``"noise"`` lands 0.17 dB (R = 4) and 0.30 dB (R = 8)
+    below the posterior mean at the default steps, ``"white"`` 0.47 dB below at R = 8
+    (``benchmarks/results/recon_gaussian.md``).
     ``steps`` defaults to ``RECON_STEPS`` (128, the calibrated full-sampling count), one network
     call each."""
     if isinstance(gamma, str):
