@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .diffusion.networks import EDMDenoiser, NetworkConfig
+from .diffusion.rotations import ensemble_mean
 from .diffusion.sampling import DEFAULT_UNCERTAINTY, denoise_posterior, resolve_mode
 from .diffusion.sampling import sample as _sample
 from .errors import DataError
@@ -155,6 +156,12 @@ class AmbientPrior:
         return next(self.model.parameters()).device
 
     @property
+    def rotation_invariant(self) -> bool:
+        """Trained on images with no preferred orientation (the protocol's
+        ``data.rotation_invariant``): posterior means average over quarter turns."""
+        return bool(self.metadata.training.get("rotation_invariant", False))
+
+    @property
     def sigma_n(self) -> float:
         """The training data's noise level in the units of the data (what ``estimate-noise``
         printed), per real channel; ``metadata.sigma_n_model`` is the same in model space."""
@@ -263,7 +270,8 @@ class AmbientPrior:
 
         Priors with a noise model (``metadata.noise``): ``sigma`` picks the input's noise model
         (:meth:`input_noise`); the result is ``invert_mean(D(stabilise(x), 1))`` in the units of
-        ``x`` (module docstring)."""
+        ``x`` (module docstring). A prior of rotation-invariant images (:attr:`rotation_invariant`)
+        averages ``D`` over the four quarter turns (:mod:`ambient_med.diffusion.rotations`)."""
         self._check_space(space)
         if space == "model":
             return self.denoise_model(x, sigma)
@@ -271,10 +279,10 @@ class AmbientPrior:
         if model is not None and model.name != "gaussian":
             # equalising noise models top the input up: the mean of TOPUP_DRAWS draws
             draws = TOPUP_DRAWS if getattr(model, "equalise", False) else 1
-            z_hat = sum(self.to_data(self.denoise_model(self.to_model(model.stabilise_observation(x.float(), seed=k)),
-                                                        self.sigma_to_model(1.0)), as_complex=False)
-                        for k in range(draws)) / draws
-            return model.invert_mean(z_hat)
+            zs = [self.to_model(model.stabilise_observation(x.float(), seed=k)) for k in range(draws)]
+            s1 = self.sigma_to_model(1.0)
+            z_hat = ensemble_mean(lambda t: self.denoise_model(t, s1), zs, self.rotation_invariant)
+            return model.invert_mean(self.to_data(z_hat, as_complex=False))
         if model is not None:
             sigma = model.sigma
         if sigma is None:
@@ -283,7 +291,8 @@ class AmbientPrior:
         if bool(zero.all()):          # exactly the input: no round trip through model units
             return x.clone()
         s = torch.as_tensor(self.sigma_to_model(sigma))
-        out = self.to_data(self.denoise_model(self.to_model(x), s), as_complex=torch.is_complex(x))
+        out = self.to_data(ensemble_mean(lambda t: self.denoise_model(t, s), [self.to_model(x)],
+                                         self.rotation_invariant), as_complex=torch.is_complex(x))
         return torch.where(append_dims(zero.to(out.device), x.ndim), x, out)
 
     @torch.no_grad()

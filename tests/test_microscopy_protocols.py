@@ -41,6 +41,7 @@ def test_train_on_a_tif_end_to_end(tmp_path):
     assert "not supported" not in r.stderr
     prior = AmbientPrior.load(tmp_path / "run" / "prior.safetensors")
     assert prior.metadata.noise["name"] == "poisson-gaussian" and prior.metadata.training["steps"] == 3
+    assert prior.rotation_invariant       # cells have no "up": posterior means average quarter turns
     # on a CPU the data choose the CPU preset, and the first lines say so
     assert "protocol: microscopy-2d-cpu (chosen from the data" in r.stderr and "on a CPU" in r.stderr
     assert tuple(prior.metadata.network["features"]) == (16, 32, 32)

@@ -9,6 +9,7 @@
   ancestral, truncated at ``sigma_n`` with a Tweedie step, posterior denoising).
 * :mod:`.tweedie`: posterior variance and principal components from the denoiser's Jacobian.
 * :mod:`.tiling`: overlapping tiles for images larger than the training patches.
+* :mod:`.rotations`: posterior means averaged over quarter turns (images with no orientation).
 
 Nothing here reads or writes files.
 """

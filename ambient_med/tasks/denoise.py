@@ -11,7 +11,9 @@ Noise (docs/design.md section 6). ``sigma``: ``"auto"`` fits the prior's noise m
 (Poisson-Gaussian ``a, b``; PIESNO ``sigma`` for magnitudes; wavelet MAD for Gaussian priors);
 a number is the noise std in data units (Gaussian priors; a magnitude model's ``sigma``). The
 input is stabilised ``z = f(y)`` (unit-variance noise), denoised in ``z`` and mapped back: the
-posterior mean by ``invert_mean`` (unbiased), each posterior sample by ``invert_sample``.
+posterior mean by ``invert_mean`` (unbiased), each posterior sample by ``invert_sample``. A prior
+of rotation-invariant images (microscopy) averages the mean over quarter turns, one top-up draw
+per turn (:mod:`ambient_med.diffusion.rotations`).
 
 The std map (``OUT_std``): by default from Tweedie's second moment at the input's noise level
 (``uncertainty="tweedie"``, :mod:`ambient_med.diffusion.tweedie`; mapped back through the slope of
@@ -80,6 +82,7 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
     else ``"tweedie"``), and with ``save_samples`` each posterior sample as ``OUT_sample{k}``
     (data units, the input's format and dtype). ``progress(k)`` is told of each finished pass;
     ``total(n)`` first. A folder ``input`` is :func:`denoise_folder`'s."""
+    from ..diffusion.rotations import ensemble_mean
     from ..diffusion.sampling import denoise_posterior
     from ..diffusion.tiling import tiled_apply, tiled_denoiser
     from ..diffusion.tweedie import posterior_variance
@@ -153,8 +156,9 @@ def denoise_file(prior_file, input: Path, out: Path, *, sigma: str | float = "au
         with torch.no_grad():
             return tiled_apply(fn, inp, patch, overlap, blend=blend) if need_tiles else fn(inp)
 
-    z_hat = sum(prior.to_data(run(lambda t: prior.denoise_model(t, sm), inp=prior.to_model(zk)), as_complex=False)
-                for zk in zs) / len(zs)
+    z_hat = prior.to_data(ensemble_mean(lambda t: run(lambda u: prior.denoise_model(u, sm), inp=t),
+                                        [prior.to_model(zk) for zk in zs], prior.rotation_invariant),
+                          as_complex=False)
     mean = inv_mean(z_hat)
     if progress is not None:
         progress(1)

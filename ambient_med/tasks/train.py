@@ -182,6 +182,7 @@ def write_prior(model: EDMDenoiser, info, protocol: Protocol, result: TrainResul
                   "objective": protocol.loss.objective, "noise_method": info.noise_method,
                   "noise_uncertainty": float(info.noise_uncertainty), "files": len(info.files),
                   "items": getattr(info, "n_items", None), "n_coils": getattr(info, "n_coils", None),
+                  "rotation_invariant": bool(protocol.data.rotation_invariant),
                   "final_loss": result.history[-1]["loss"] if result.history else None})
     return AmbientPrior(model, meta).save(path, overwrite=True)
 

@@ -44,7 +44,8 @@ class DataConfig:
     ``spatial_dims``, ``patch_size``, ``coil_maps``, ``reorient``, ``sigma_n``, ``noise_model``, ``noise_map``
     (``poisson-gaussian``, ``rician``, ``noncentral-chi``: the data are variance-stabilised
     before training, see :mod:`ambient_med.training.datasets`), ``cache_dir`` and ``num_workers`` drive
-    ``build_training_set``. A protocol that names a feature the package lacks is refused when
+    ``build_training_set``; ``rotation_invariant`` is written into the prior and makes its
+    posterior means average over quarter turns (:mod:`ambient_med.diffusion.rotations`). A protocol that names a feature the package lacks is refused when
     it is loaded, never trained some other way. (There is no free-text
     ``preprocessing`` key: a description cannot be checked, so it lives in YAML comments.)"""
 
@@ -61,6 +62,9 @@ class DataConfig:
     # Poisson-Gaussian: equalise the stabilised noise to unit variance in every pixel (a per-pixel
     # sigma_n map from the local intensity, noise added where it is below 1; docs/design.md section 6)
     noise_map: bool = False
+    # the images have no preferred orientation (cells under a microscope, not anatomy): posterior
+    # means average the denoiser over the four quarter turns of the image plane
+    rotation_invariant: bool = False
     cache_dir: Union[str, None] = None
     num_workers: int = 0
 
