@@ -18,6 +18,7 @@ import torch
 
 from ambient_med.diffusion.losses import LossConfig
 from ambient_med.diffusion.networks import EDMDenoiser, count_parameters
+from ambient_med.diffusion.rotations import ensemble_mean
 from ambient_med.diffusion.tiling import tiled_apply
 from ambient_med.noise import TOPUP_DRAWS, PoissonGaussian
 from ambient_med.prior import AmbientPrior
@@ -179,11 +180,14 @@ def denoiser_fn(method: str, net, sigma: float):
     return lambda t: net(t, torch.full((t.shape[0],), sigma))
 
 
-def posterior_mean(fn, y: np.ndarray, model: PoissonGaussian, scale: float, patch: int) -> np.ndarray:
+def posterior_mean(fn, y: np.ndarray, model: PoissonGaussian, scale: float, patch: int,
+                   rotations: bool = False) -> np.ndarray:
     """A capture denoised by ``fn`` (tiled) in the stabilised domain, back in data units by the
     unbiased inverse. An equalising model tops the input up as ``denoise`` does: the mean of
-    ``TOPUP_DRAWS`` draws of the top-up noise."""
+    ``TOPUP_DRAWS`` draws of the top-up noise; with ``rotations``, draw k in quarter turn k, as
+    ``denoise`` does for a rotation-invariant prior (``ambient_med.diffusion.rotations``)."""
     draws = TOPUP_DRAWS if model.equalise else 1
-    d = sum(tiled(fn, torch.from_numpy(model.stabilise_observation(y, seed=k) / scale).float()[None, None],
-                  patch)[0, 0].double().numpy() for k in range(draws)) / draws
+    zs = [torch.from_numpy(model.stabilise_observation(y, seed=k) / scale).float()[None, None]
+          for k in range(draws)]
+    d = ensemble_mean(lambda t: tiled(fn, t, patch).double(), zs, rotations)[0, 0].numpy()
     return model.invert_mean(d * scale)
