@@ -52,7 +52,9 @@ def markdown(res: dict) -> str:
             else:
                 lines.append(f"| {o} | {fmt(p)} | | {fmt(b)} | | | |")
         if "consistency_vs_clean" in tr:
-            lines.append(f"\n`ambient+consistency` ({tr['protocol_variant']}, the protocol's) / "
+            # files written before the variant was recorded name none
+            variant = f"{tr['protocol_variant']}, the protocol's" if "protocol_variant" in tr else "the protocol's"
+            lines.append(f"\n`ambient+consistency` ({variant}) / "
                          f"`clean` step: {tr['consistency_vs_clean']:.2f}; with the pair term: "
                          f"{tr.get('pair_vs_clean', float('nan')):.2f}; "
                          f"`clean` package / bare: {tr['clean_vs_bare']:.2f}.")
