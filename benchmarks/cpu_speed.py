@@ -11,7 +11,10 @@ protocol's network at ``--threads`` intra-op threads (``baseline``, default 1) a
 - ``bf16``: bf16 autocast on the CPU around forward and loss;
 - ``compile``: ``torch.compile`` (inductor, CPU), timed after its compile, which is reported;
 - shapes (``NetworkConfig``): no attention; ``cpu``: the protocol's levels with half the
-  features and no attention (the preset a CPU user would train).
+  features and no attention (the preset a CPU user would train);
+- ``explicit attention``: the attention blocks (the attention levels and MONAI's middle block,
+  which always attends) with an explicit attention matrix, as before the networks used torch's
+  fused ``scaled_dot_product_attention`` (the baseline).
 
 Reported: images/s (batch / median step time over ``--steps`` timed steps after ``--warmup``),
 its ratio to the baseline, parameters. Quality at equal steps is measured on real data by
@@ -20,8 +23,9 @@ its ratio to the baseline, parameters. Quality at equal steps is measured on rea
 same steps with the package's ``train`` on one FMD field (``fmd.py``'s data), PSNR of the
 posterior mean against the 50-capture average.
 
-Run:  python benchmarks/cpu_speed.py [--quick] [--quality]
-Writes benchmarks/results/cpu_speed.{json,md} (``--quick``: ``cpu_speed_quick.*``).
+Run:  python benchmarks/cpu_speed.py [--quick] [--quality] [--tag NAME]
+Writes benchmarks/results/cpu_speed.{json,md} (``--quick``: ``cpu_speed_quick.*``; ``--tag``:
+``cpu_speed_NAME.*``, for a run of some options only).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from ambient_med.training.ema import ema_update
 
 # protocol -> (channels, image size, CPU batch): the knee protocol's complex images are 2 channels
 PROTOCOLS = {"demo": (2, 32, 12), "microscopy-2d": (1, 64, 8), "fastmri-knee-multicoil": (2, 128, 4)}
-OPTIONS = ("baseline", "threads=2", "channels_last", "bf16", "compile", "no attention", "cpu")
+OPTIONS = ("baseline", "threads=2", "channels_last", "bf16", "compile", "no attention", "cpu",
+           "explicit attention")
 # options not run on the knee network unless --all: bf16 is 10-30x slower than fp32 on the smaller
 # networks of this CPU (no bf16 instructions), so 4 knee steps would take most of an hour, and
 # compiling the 18M-parameter U-Net takes longer than the run it would speed up
@@ -70,6 +75,12 @@ def step_time(protocol: str, option: str, steps: int, warmup: int, threads: int)
     torch.set_num_threads(2 if option == "threads=2" else threads)
     torch.manual_seed(0)
     model = EDMDenoiser(network(protocol, option))
+    if option == "explicit attention":
+        from monai.networks.blocks.selfattention import SABlock
+
+        for block in model.modules():
+            if isinstance(block, SABlock):
+                block.use_flash_attention = False
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(batch, channels, size, size) * 0.5
     if option == "channels_last":
@@ -171,6 +182,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quality-steps", type=int, default=150)
     p.add_argument("--field", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="", help="write cpu_speed_TAG.* (a run of some options only)")
     args = p.parse_args(argv)
     if args.quick:
         args.protocols, args.steps, args.warmup = ["demo"], 2, 1
@@ -189,7 +201,7 @@ def main(argv=None) -> dict:
                   flush=True)
     qual = quality(args) if args.quality else []
     meta = {**run_meta(args.threads), "cpu_count": os.cpu_count(), "steps": args.steps, "warmup": args.warmup}
-    name = stem("cpu_speed", args.quick)
+    name = stem("cpu_speed" + (f"_{args.tag}" if args.tag else ""), args.quick)
     write_json(args.out / f"{name}.json", {"rows": rows, "quality": qual, "meta": meta})
     (args.out / f"{name}.md").write_text(markdown(rows, qual, meta))
     return {"rows": rows, "quality": qual, "meta": meta}
