@@ -5,7 +5,8 @@ rotation-invariant (``data.rotation_invariant``) and ``denoise`` averages the de
 four quarter turns of the frame, top-up draw k in turn k (``ambient_med.diffusion.rotations``):
 the same 4 network passes as the plain mean of the 4 top-up draws. This script measures what that
 gives, on the trained networks of ``fmd_curve.py`` (its ``--work`` folder; every method's latest
-weights, or ``--checkpoint METHOD=FILE``), scored as ``fmd_curve.py`` scores (captures 0, 24 and
+weights, and with ``--checkpoint METHOD=FILE`` other weights of a run, e.g. a copy of an earlier
+checkpoint), scored as ``fmd_curve.py`` scores (captures 0, 24 and
 49 of FMD field 5 against the 50-capture average, PSNR over the 8-bit range, noise map on):
 ``plain`` is the mean of the 4 top-up draws (the curve's score), ``rotations`` the same draws in
 4 turns. BM3D (``fmd_curve.py``'s, cached in the work folder) is the line to beat.
@@ -67,12 +68,13 @@ def main(argv=None):
     p.add_argument("--work", type=Path, default=Path("/tmp/ambient_med_fmd_curve_map"))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="METHOD=FILE",
-                   help="score these weights instead of the method's latest (a prior's checkpoint)")
+                   help="also score these weights of METHOD's run (a row of their own)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    overrides = dict(c.split("=", 1) for c in a.checkpoint)
+    runs = [(m, weights_file(a.work, m)) for m in a.methods]
+    runs += [(m, Path(f)) for m, f in (c.split("=", 1) for c in a.checkpoint)]
     args = fmd_curve.fmd_args(fmd_curve.parse(["--threads", str(a.threads)]))
     stack, ref = test_field(args.data, args.test_field)
     caps = [stack[i] for i in args.test_captures]
@@ -83,8 +85,7 @@ def main(argv=None):
                             norm_num_groups=8, num_head_channels=16)
     bm3d = json.loads((a.work / "bm3d.json").read_text())["psnr"]
     rows = []
-    for method in a.methods:
-        path = Path(overrides.get(method) or weights_file(a.work, method))
+    for method, path in sorted(runs, key=lambda r: METHODS.index(r[0])):
         ema, step = load_ema(path)
         progress = Progress(a.work / method.replace("+", "_") / "progress.json").d
         steps = step if step is not None else progress["steps"]

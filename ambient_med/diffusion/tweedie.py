@@ -20,8 +20,8 @@ there. Only pixels ``period`` or more apart then leak into each other; ``period*
 probes cover every pixel once per ``rounds``. ``J v`` is a forward finite difference
 ``(D(x + eps v) - D(x)) / eps`` in full precision, ``D(x)`` computed once for every probe, so a
 product costs one network call (a central difference costs two). Its bias is ``O(eps)``: at
-``eps = 3e-3 sigma`` the std map of a 512x512 fluorescence frame moved by 0.2% (relative L2)
-from the central difference's with the same probes, against 6% between two draws of the probes
+``eps = 3e-3 sigma`` the std map of a 512x512 fluorescence frame moved by 0.16% (relative L2)
+from the central difference's with the same probes, against 4.2% between two draws of the probes
 (``benchmarks/results/denoise_time.md``). Any denoiser callable works, tiled ones included.
 
 A learned ``J`` is not exactly symmetric: the principal components use its symmetric part through
