@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .figures import save
 from .results import RESULTS, run_meta, stem, write_json
+from .tables import analysis
 from .work import Progress, quick_folder
 
 MARKS = (5.0, 15.0, 30.0, 60.0)
@@ -72,10 +73,13 @@ def curve_meta(a, **extra) -> dict:
 
 
 def write_curves(a, name: str, curves: dict, meta: dict, lines: list[str], fig, dpi: int) -> None:
-    """``<name>.json`` (curves and meta), ``<name>.md`` (``lines``) and ``<name>.png`` (``fig``)
+    """``<name>.json`` (curves and meta), ``<name>.md`` (``lines``, then the hand-written reading
+    of the existing report, from its ``<!-- analysis -->`` line on) and ``<name>.png`` (``fig``)
     in ``a.out``; ``<name>_quick.*`` for --quick."""
     name = stem(name, a.quick)
     write_json(a.out / f"{name}.json", {"curves": curves, "meta": meta})
-    (a.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    md = a.out / f"{name}.md"
+    kept = analysis(md)
+    md.write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""))
     save(fig, a.out / f"{name}.png", dpi)
     print("\n".join(lines))
