@@ -89,3 +89,13 @@ def test_a_rotation_invariant_prior_denoises_with_the_turn_ensemble():
         expect = model.invert_mean(prior.to_data(ensemble_mean(den, zs, rot), as_complex=False))
         torch.testing.assert_close(prior.denoise(y, "prior"), expect)
     assert (on.denoise(y, "prior") - off.denoise(y, "prior")).abs().max() > 1e-3
+
+
+def test_z_stacks_turn_in_the_image_plane_only():
+    """A 3D stack (N, C, Z, Y, X) turns in (Y, X): the planes stay in their order."""
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 1, 2, 3, 4)
+    seen = []
+    out = ensemble_mean(lambda t: seen.append(t.shape) or t, [x], rotations=True)
+    assert seen == [(1, 1, 2, 3, 4), (1, 1, 2, 4, 3)] * 2
+    torch.testing.assert_close(out, x)
+    assert torch.equal(rotate(x, 1)[0, 0, 1], torch.rot90(x[0, 0, 1]))
