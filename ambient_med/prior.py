@@ -357,7 +357,8 @@ class AmbientPrior:
         moment, :mod:`ambient_med.diffusion.tweedie`), ``"samples"`` takes the std of the ``n_samples``
         posterior samples (``n_samples = 0``: no samples). Priors with a noise model: ``sigma_y``
         as in :meth:`denoise`; samples are stabilised-space posterior samples mapped back by
-        ``invert_sample``, ``mean`` by ``invert_mean``, ``std`` the per-pixel std of the inverted
+        ``invert_sample``, ``mean`` (that of :meth:`denoise`: the mean of the top-up draws, over
+        quarter turns for a rotation-invariant prior) by ``invert_mean``, ``std`` the per-pixel std of the inverted
         samples or, from Tweedie, the stabilised std times the slope of ``invert_sample`` at the
         posterior mean (first-order error propagation), all in the units of ``y``. Data units in
         and out unless ``space="model"``. ``steps`` and ``sampler`` default to those of
@@ -380,8 +381,9 @@ class AmbientPrior:
             else:
                 z_hat = self.to_data(post["mean"], False)
                 std = inverse_slope(model, z_hat) * self.to_data(post["std"], False)
-            return {"mean": model.invert_mean(self.to_data(post["mean"], False)), "samples": samples,
-                    "std": std}
+            # the mean is denoise's: the top-up draws of an equalising model, the quarter turns of
+            # a rotation-invariant prior (one pass of it went into the std above)
+            return {"mean": self.denoise(y, sigma_y), "samples": samples, "std": std}
         if model is not None:
             sigma_y = model.sigma
         if sigma_y is None:
@@ -389,7 +391,10 @@ class AmbientPrior:
         post = denoise_posterior(self.model, self.to_model(y), float(self.sigma_to_model(sigma_y)),
                                  n_samples=n_samples, **opts, **kwargs)
         c = torch.is_complex(y)
-        return {"mean": self.to_data(post["mean"], c), "std": self.to_data(post["std"], c),
+        mean = self.to_data(post["mean"], c)
+        if self.rotation_invariant:   # denoise's mean: the quarter-turn ensemble
+            mean = self.denoise(y, sigma_y)
+        return {"mean": mean, "std": self.to_data(post["std"], c),
                 "samples": self.to_data(post["samples"], c, channel_dim=2)}
 
     def principal_components(self, y: torch.Tensor, sigma_y=None, k: int = 4, *,

@@ -89,6 +89,8 @@ def test_a_rotation_invariant_prior_denoises_with_the_turn_ensemble():
         expect = model.invert_mean(prior.to_data(ensemble_mean(den, zs, rot), as_complex=False))
         torch.testing.assert_close(prior.denoise(y, "prior"), expect)
     assert (on.denoise(y, "prior") - off.denoise(y, "prior")).abs().max() > 1e-3
+    # posterior() reports the same mean as denoise()
+    torch.testing.assert_close(on.posterior(y, "prior", n_samples=0)["mean"], on.denoise(y, "prior"))
 
 
 def test_z_stacks_turn_in_the_image_plane_only():
