@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common.fmd_data import DATA_RANGE, test_field
+from common.fmd_data import DATA_RANGE, test_field, training_setup
 from common.fmd_methods import SHORT, Plain, denoiser_fn, posterior_mean
 from common.results import RESULTS, run_meta, settings, write_json
 from common.scoring import psnr
@@ -35,7 +35,6 @@ from common.work import Progress
 
 from ambient_med.diffusion.networks import EDMDenoiser
 from ambient_med.noise import PoissonGaussian
-from ambient_med.training.config import NetworkConfig
 
 METHODS = ("ambient+consistency", "clean", "supervised", "n2v")
 
@@ -79,10 +78,9 @@ def main(argv=None):
     stack, ref = test_field(args.data, args.test_field)
     caps = [stack[i] for i in args.test_captures]
     models = [PoissonGaussian(m.a, m.b, m.mu, equalise=True) for m in map(PoissonGaussian.estimate, caps)]
-    scale, sn, sigma_data = training_numbers(args)
-    net_cfg = NetworkConfig(spatial_dims=2, channels=1, sigma_data=sigma_data, features=tuple(args.features),
-                            attention_levels=(False,) * len(args.features), num_res_blocks=1,
-                            norm_num_groups=8, num_head_channels=16)
+    # the training set's scale, model-space sigma_n and network, as fmd_curve.py set them up
+    setup = training_setup(args, lambda s: None)
+    scale, sn, net_cfg = float(setup["scale"]), float(setup["sn"]), setup["net_cfg"]
     bm3d = json.loads((a.work / "bm3d.json").read_text())["psnr"]
     rows = []
     for method, path in sorted(runs, key=lambda r: METHODS.index(r[0])):
@@ -115,15 +113,6 @@ def main(argv=None):
         *table(["method", "steps", "CPU-min", "plain (dB)", "rotations (dB)", "gain", "vs BM3D"], body)])
     md.write_text(text + "\n\n" + analysis(md))
     print(text)
-
-
-def training_numbers(args) -> tuple[float, float, float]:
-    """The training set's scale, model-space sigma_n and sigma_data (``fmd_curve.py``'s setup)."""
-    from common.fmd_data import training_setup
-
-    setup = training_setup(args, lambda s: None)
-    net = setup["net_cfg"]
-    return float(setup["scale"]), float(setup["sn"]), float(net.sigma_data)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def posterior_variance(denoiser: Denoiser, x: torch.Tensor, sigma, *, period: in
     if difference not in ("forward", "central"):
         raise ValueError(f"difference must be 'forward' or 'central', not {difference!r}")
     base = denoiser(x, s).float() if difference == "forward" else None
-    rel_eps = rel_eps or (3e-3 if base is not None else 1e-2)
+    if rel_eps is None:
+        rel_eps = 3e-3 if base is not None else 1e-2
     diag = torch.zeros_like(x)
     q = None
     if rank > 0:
@@ -180,7 +181,7 @@ def probe_count(shape: tuple[int, ...], period: int = 4, rounds: int = 1, rank: 
     """Jacobian products :func:`posterior_variance` uses for images of ``shape = (C, *spatial)``
     (one network call each, plus one for ``D(x)``)."""
     spatial = shape[1:]
-    return shape[0] * min(period, min(spatial)) ** len(spatial) * rounds + (2 + power) * rank * (rank > 0)
+    return shape[0] * min(period, min(spatial)) ** len(spatial) * rounds + (2 + power) * rank
 
 
 __all__ = ["posterior_variance", "posterior_principal_components", "jvp_fd", "colour_masks",
